@@ -1,0 +1,103 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/tether-dev/tether/internal/hub"
+)
+
+// hubFlags are the flags shared by `tether server` and `tether up`.
+type hubFlags struct {
+	dataDir, bindAddress, advertiseAddress, serviceCIDR string
+	securePort                                          int
+	etcdServers                                         []string
+	etcdCA, etcdCert, etcdKey                           string
+	anonymous                                           bool
+	caCert, caKey, servingCert, servingKey, saKey       string
+	verbose                                             bool
+}
+
+func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
+	fs.StringVar(&f.dataDir, "data-dir", defaultDataDir, "directory for the cluster PKI, embedded etcd and admin.kubeconfig")
+	fs.StringVar(&f.bindAddress, "bind-address", "0.0.0.0", "IP address the HTTPS API listens on")
+	fs.IntVar(&f.securePort, "secure-port", 6443, "HTTPS port of the API (there is no plain-HTTP port)")
+	fs.StringVar(&f.advertiseAddress, "advertise-address", "", "address published to nodes in the kubernetes Endpoints (default: first non-loopback IPv4)")
+	fs.StringVar(&f.serviceCIDR, "service-cluster-ip-range", "10.96.0.0/12", "CIDR for service cluster IPs; the first address is the kubernetes Service")
+	fs.StringSliceVar(&f.etcdServers, "etcd-servers", nil, "external etcd client URLs (default: embedded etcd under --data-dir)")
+	fs.StringVar(&f.etcdCA, "etcd-cafile", "", "CA bundle for external etcd")
+	fs.StringVar(&f.etcdCert, "etcd-certfile", "", "client certificate for external etcd")
+	fs.StringVar(&f.etcdKey, "etcd-keyfile", "", "client key for external etcd")
+	fs.BoolVar(&f.anonymous, "anonymous-auth", false, "INSECURE: serve unauthenticated requests as system:anonymous")
+	fs.StringVar(&f.caCert, "ca-cert-file", "", "operator-provided cluster CA certificate (with --ca-key-file)")
+	fs.StringVar(&f.caKey, "ca-key-file", "", "operator-provided cluster CA key")
+	fs.StringVar(&f.servingCert, "tls-cert-file", "", "operator-provided serving certificate (with --tls-private-key-file)")
+	fs.StringVar(&f.servingKey, "tls-private-key-file", "", "operator-provided serving key")
+	fs.StringVar(&f.saKey, "service-account-key-file", "", "operator-provided service-account signing key")
+	fs.BoolVarP(&f.verbose, "verbose", "v", false, "debug logging")
+}
+
+func (f *hubFlags) config() (hub.Config, error) {
+	cfg := hub.Config{
+		DataDir: f.dataDir, SecurePort: f.securePort, EtcdServers: f.etcdServers,
+		EtcdCAFile: f.etcdCA, EtcdCertFile: f.etcdCert, EtcdKeyFile: f.etcdKey, AnonymousAuth: f.anonymous,
+		CACertFile: f.caCert, CAKeyFile: f.caKey, ServingCertFile: f.servingCert, ServingKeyFile: f.servingKey,
+		ServiceAccountKeyFile: f.saKey,
+	}
+	if cfg.BindAddress = net.ParseIP(f.bindAddress); cfg.BindAddress == nil {
+		return cfg, fmt.Errorf("--bind-address %q is not an IP address", f.bindAddress)
+	}
+	if f.advertiseAddress != "" {
+		if cfg.AdvertiseAddress = net.ParseIP(f.advertiseAddress); cfg.AdvertiseAddress == nil {
+			return cfg, fmt.Errorf("--advertise-address %q is not an IP address", f.advertiseAddress)
+		}
+	}
+	_, cidr, err := net.ParseCIDR(f.serviceCIDR)
+	if err != nil {
+		return cfg, fmt.Errorf("--service-cluster-ip-range: %w", err)
+	}
+	cfg.ServiceClusterIPRange = cidr
+	if f.securePort <= 0 || f.securePort > 65535 {
+		return cfg, fmt.Errorf("--secure-port %d is out of range", f.securePort)
+	}
+	return cfg, nil
+}
+
+// defaultStateDir is $XDG_STATE_HOME/tether, else ~/.local/state/tether.
+func defaultStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "tether")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "tether")
+	}
+	return "tether-data"
+}
+
+func newServerCmd() *cobra.Command {
+	var f hubFlags
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the hub: HTTPS API server with authn/authz, storage and controllers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config()
+			if err != nil {
+				return err
+			}
+			cfg.Logger = newLogger(f.verbose)
+			h, err := hub.New(cfg)
+			if err != nil {
+				return err
+			}
+			return h.Run(cmd.Context())
+		},
+	}
+	f.add(cmd.Flags(), filepath.Join(defaultStateDir(), "server"))
+	return withConfig(cmd)
+}

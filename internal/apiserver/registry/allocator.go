@@ -1,0 +1,150 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/big"
+	"math/rand/v2"
+	"net"
+	"strconv"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ErrFull means every value of an allocator's range is taken.
+var ErrFull = errors.New("range is full")
+
+// ErrAllocated means a requested value is already taken.
+var ErrAllocated = errors.New("provided value is already allocated")
+
+// Allocator hands out unique values (service cluster IPs, node ports) with
+// etcd as the lock: a value belongs to whoever created its key first, so
+// several hub replicas never hand out the same value.
+type Allocator struct {
+	cli    *clientv3.Client
+	prefix string
+	size   int64
+	value  func(i int64) string
+	index  func(v string) (int64, bool)
+}
+
+// NewIPAllocator allocates host addresses of cidr (not the network address,
+// not the IPv4 broadcast address).
+func NewIPAllocator(cli *clientv3.Client, prefix string, cidr *net.IPNet) (*Allocator, error) {
+	ones, bits := cidr.Mask.Size()
+	if bits-ones > 62 {
+		ones = bits - 62
+	}
+	size := int64(1)<<(bits-ones) - 2
+	if size <= 0 {
+		return nil, fmt.Errorf("allocator: %s is too small", cidr)
+	}
+	base := new(big.Int).SetBytes(cidr.IP.Mask(cidr.Mask))
+	width := len(cidr.IP.Mask(cidr.Mask))
+	return &Allocator{cli: cli, prefix: prefix, size: size,
+		value: func(i int64) string {
+			v := new(big.Int).Add(base, big.NewInt(i+1)).Bytes()
+			ip := make(net.IP, width)
+			copy(ip[width-len(v):], v)
+			return ip.String()
+		},
+		index: func(v string) (int64, bool) {
+			ip := net.ParseIP(v)
+			if ip == nil || !cidr.Contains(ip) {
+				return 0, false
+			}
+			if width == 4 {
+				ip = ip.To4()
+			}
+			off := new(big.Int).Sub(new(big.Int).SetBytes(ip), base).Int64() - 1
+			return off, off >= 0 && off < size
+		},
+	}, nil
+}
+
+// NewPortAllocator allocates ports in [first, last].
+func NewPortAllocator(cli *clientv3.Client, prefix string, first, last int) *Allocator {
+	return &Allocator{cli: cli, prefix: prefix, size: int64(last - first + 1),
+		value: func(i int64) string { return strconv.FormatInt(int64(first)+i, 10) },
+		index: func(v string) (int64, bool) {
+			p, err := strconv.Atoi(v)
+			return int64(p - first), err == nil && p >= first && p <= last
+		},
+	}
+}
+
+// Contains reports whether v is in the allocator's range.
+func (a *Allocator) Contains(v string) bool {
+	_, ok := a.index(v)
+	return ok
+}
+
+// Allocate reserves v for owner; ErrAllocated if someone else holds it.
+func (a *Allocator) Allocate(ctx context.Context, v, owner string) error {
+	if !a.Contains(v) {
+		return fmt.Errorf("%s is not in the allocator's range", v)
+	}
+	key := a.prefix + v
+	resp, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, owner)).Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return fmt.Errorf("allocator: %w", err)
+	}
+	if !resp.Succeeded {
+		kvs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 1 && string(kvs[0].Value) == owner {
+			return nil
+		}
+		return ErrAllocated
+	}
+	return nil
+}
+
+// AllocateNext reserves a free value for owner, starting at a random offset.
+func (a *Allocator) AllocateNext(ctx context.Context, owner string) (string, error) {
+	start := rand.Int64N(a.size)
+	for i := int64(0); i < a.size; i++ {
+		v := a.value((start + i) % a.size)
+		err := a.Allocate(ctx, v, owner)
+		if err == nil {
+			return v, nil
+		}
+		if !errors.Is(err, ErrAllocated) {
+			return "", err
+		}
+	}
+	return "", ErrFull
+}
+
+// Free reports whether v looks free now (used for dry runs; no reservation).
+func (a *Allocator) Free(ctx context.Context, v string) (bool, error) {
+	resp, err := a.cli.Get(ctx, a.prefix+v, clientv3.WithCountOnly())
+	if err != nil {
+		return false, fmt.Errorf("allocator: %w", err)
+	}
+	return resp.Count == 0, nil
+}
+
+// Release frees v if owner holds it.
+func (a *Allocator) Release(ctx context.Context, v, owner string) error {
+	key := a.prefix + v
+	_, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", owner)).Then(clientv3.OpDelete(key)).Commit()
+	if err != nil {
+		return fmt.Errorf("allocator: %w", err)
+	}
+	return nil
+}
+
+// Owners lists allocated values and their owners (for repair).
+func (a *Allocator) Owners(ctx context.Context) (map[string]string, error) {
+	resp, err := a.cli.Get(ctx, a.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("allocator: %w", err)
+	}
+	out := make(map[string]string, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out[string(kv.Key[len(a.prefix):])] = string(kv.Value)
+	}
+	return out, nil
+}

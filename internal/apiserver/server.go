@@ -1,0 +1,442 @@
+// Package apiserver is tether's Kubernetes-compatible HTTP API: discovery,
+// OpenAPI, REST handlers with watch, tables, server-side apply, JSON and
+// protobuf, all from k8s.io/apiserver's generic server, over HTTPS only with
+// authentication and authorization always on. What kube-apiserver adds on
+// top of that library (strategies, validation, defaulting, tables) lives in
+// the registry subpackage.
+package apiserver
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	apimachineryversion "k8s.io/apimachinery/pkg/version"
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authentication/group"
+	"k8s.io/apiserver/pkg/authentication/request/anonymous"
+	"k8s.io/apiserver/pkg/authentication/request/union"
+	x509request "k8s.io/apiserver/pkg/authentication/request/x509"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
+	authzunion "k8s.io/apiserver/pkg/authorization/union"
+	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
+	"k8s.io/apiserver/pkg/registry/generic"
+	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
+	"k8s.io/apiserver/pkg/registry/rest"
+	genericapiserver "k8s.io/apiserver/pkg/server"
+	"k8s.io/apiserver/pkg/server/dynamiccertificates"
+	"k8s.io/apiserver/pkg/server/options"
+	serverstorage "k8s.io/apiserver/pkg/server/storage"
+	"k8s.io/apiserver/pkg/storage/storagebackend"
+	restclient "k8s.io/client-go/rest"
+	"k8s.io/component-base/compatibility"
+
+	"github.com/tether-dev/tether/internal/apiserver/openapi"
+	"github.com/tether-dev/tether/internal/apiserver/registry"
+	"github.com/tether-dev/tether/internal/version"
+)
+
+// Config configures the API server. Zero values are documented per field.
+type Config struct {
+	// Listener, if set, is used instead of BindAddress:SecurePort (tests).
+	Listener net.Listener
+	// BindAddress is the IP to listen on; zero value 0.0.0.0.
+	BindAddress net.IP
+	// SecurePort is the HTTPS port; zero value 6443.
+	SecurePort int
+	// AdvertiseAddress is the address published in the kubernetes Endpoints
+	// and discovery; zero value: the first non-loopback address of the machine,
+	// or 127.0.0.1.
+	AdvertiseAddress net.IP
+	// ServingCertFile/ServingKeyFile: the hub serving certificate. Required.
+	ServingCertFile, ServingKeyFile string
+	// ClientCAFile verifies x509 client certificates. Required.
+	ClientCAFile string
+	// EtcdServers are etcd client URLs. Required.
+	EtcdServers []string
+	// EtcdCAFile, EtcdCertFile, EtcdKeyFile: TLS to etcd (optional).
+	EtcdCAFile, EtcdCertFile, EtcdKeyFile string
+	// EtcdPrefix is the key prefix; zero value "/registry".
+	EtcdPrefix string
+	// ServiceClusterIPRange is where service cluster IPs come from; zero
+	// value 10.96.0.0/12.
+	ServiceClusterIPRange *net.IPNet
+	// NodePortFirst/NodePortLast bound node ports; zero values 30000–32767.
+	NodePortFirst, NodePortLast int
+	// AnonymousAuth allows unauthenticated requests as system:anonymous.
+	// Insecure; off by default; logs a warning when on.
+	AnonymousAuth bool
+	// Authenticators are tried after x509 client certificates, in order.
+	Authenticators []authenticator.Request
+	// Authorizers are consulted after the system:masters authorizer, in order.
+	Authorizers []authzunion.NamedAuthorizer
+	// ExtraStorage adds non-stored or custom resources per group version,
+	// e.g. review APIs or subresources ("pods/log").
+	ExtraStorage func(*Resources) error
+	// PostStartHooks run once the server serves (controllers).
+	PostStartHooks map[string]genericapiserver.PostStartHookFunc
+	// Logger; zero value slog.Default().
+	Logger *slog.Logger
+}
+
+// Resources is what the API server serves, by group version and resource
+// path ("pods", "pods/status"). ExtraStorage may add to it.
+type Resources struct {
+	Scheme  *runtime.Scheme
+	Codecs  serializer.CodecFactory
+	Storage map[schema.GroupVersion]map[string]rest.Storage
+	// Stores gives the generic store of each stored resource ("pods").
+	Stores map[string]*genericregistry.Store
+	// RESTOptions builds storage for custom stores.
+	RESTOptions generic.RESTOptionsGetter
+}
+
+// Server is a running API server.
+type Server struct {
+	cfg      Config
+	port     int
+	generic  *genericapiserver.GenericAPIServer
+	loopback *restclient.Config
+	res      *Resources
+}
+
+// New builds the API server; it listens once Run is called.
+func New(cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.SecurePort == 0 {
+		cfg.SecurePort = 6443
+	}
+	if cfg.BindAddress == nil {
+		cfg.BindAddress = net.IPv4zero
+	}
+	if cfg.ServiceClusterIPRange == nil {
+		_, cfg.ServiceClusterIPRange, _ = net.ParseCIDR("10.96.0.0/12")
+	}
+	if cfg.NodePortFirst == 0 {
+		cfg.NodePortFirst, cfg.NodePortLast = 30000, 32767
+	}
+	if cfg.EtcdPrefix == "" {
+		cfg.EtcdPrefix = "/registry"
+	}
+	if cfg.ServingCertFile == "" || cfg.ServingKeyFile == "" || cfg.ClientCAFile == "" {
+		return nil, errors.New("apiserver: serving cert, key and client CA files are required")
+	}
+	if len(cfg.EtcdServers) == 0 {
+		return nil, errors.New("apiserver: no etcd servers")
+	}
+	scheme, err := NewScheme()
+	if err != nil {
+		return nil, err
+	}
+	codecs := serializer.NewCodecFactory(scheme)
+	gc := genericapiserver.NewRecommendedConfig(codecs)
+	gc.EffectiveVersion = effectiveVersion{compatibility.NewEffectiveVersionFromString(version.Libraries, "", "")}
+	gc.MaxRequestBodyBytes = 3 << 20
+
+	ln := cfg.Listener
+	if ln == nil {
+		ln, err = net.Listen("tcp", net.JoinHostPort(cfg.BindAddress.String(), strconv.Itoa(cfg.SecurePort)))
+		if err != nil {
+			return nil, fmt.Errorf("apiserver: listen: %w", err)
+		}
+	}
+	serving, err := dynamiccertificates.NewDynamicServingContentFromFiles("serving-cert", cfg.ServingCertFile, cfg.ServingKeyFile)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("apiserver: serving cert: %w", err)
+	}
+	gc.SecureServing = &genericapiserver.SecureServingInfo{
+		Listener:      ln,
+		Cert:          serving,
+		MinTLSVersion: tls.VersionTLS12,
+	}
+	clientCA, err := dynamiccertificates.NewDynamicCAContentFromFile("client-ca", cfg.ClientCAFile)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("apiserver: client CA: %w", err)
+	}
+	if err := gc.Authentication.ApplyClientCert(clientCA, gc.SecureServing); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("apiserver: client CA: %w", err)
+	}
+	gc.Authentication.Authenticator = buildAuthenticator(cfg, clientCA)
+	gc.Authorization.Authorizer, err = buildAuthorizer(cfg)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+
+	advertise := cfg.AdvertiseAddress
+	if advertise == nil {
+		advertise = DefaultAdvertiseAddress()
+	}
+	gc.PublicAddress = advertise
+	port := ln.Addr().(*net.TCPAddr).Port
+	gc.ExternalAddress = net.JoinHostPort(advertise.String(), strconv.Itoa(port))
+	loopback, err := loopbackConfig(ln.Addr().(*net.TCPAddr), cfg.ClientCAFile)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	gc.LoopbackClientConfig = loopback
+
+	external, err := externalScheme()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	namer := openapinamer.NewDefinitionNamer(external)
+	gc.OpenAPIConfig = genericapiserver.DefaultOpenAPIConfig(openapi.GetOpenAPIDefinitions, namer)
+	gc.OpenAPIConfig.Info.Title = "Kubernetes"
+	gc.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(openapi.GetOpenAPIDefinitions, namer)
+	gc.OpenAPIV3Config.Info.Title = "Kubernetes"
+
+	storageConfig := storagebackend.NewDefaultConfig(cfg.EtcdPrefix, nil)
+	storageConfig.Transport.ServerList = cfg.EtcdServers
+	storageConfig.Transport.TrustedCAFile = cfg.EtcdCAFile
+	storageConfig.Transport.CertFile = cfg.EtcdCertFile
+	storageConfig.Transport.KeyFile = cfg.EtcdKeyFile
+	etcdOpts := options.NewEtcdOptions(storageConfig)
+	etcdOpts.DefaultStorageMediaType = runtime.ContentTypeProtobuf
+	resourceConfig := serverstorage.NewResourceConfig()
+	for _, g := range groupVersions {
+		resourceConfig.EnableVersions(g.gv)
+	}
+	factory := serverstorage.NewDefaultStorageFactory(*storageConfig, runtime.ContentTypeProtobuf, codecs,
+		serverstorage.NewDefaultResourceEncodingConfig(scheme), resourceConfig, map[schema.GroupResource]string{
+			{Resource: "services"}: "services/specs",
+			{Resource: "nodes"}:    "minions",
+		})
+	if err := etcdOpts.ApplyWithStorageFactoryTo(factory, &gc.Config); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("apiserver: etcd: %w", err)
+	}
+	for name, hook := range cfg.PostStartHooks {
+		if err := gc.AddPostStartHook(name, hook); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+
+	etcdClient, err := newEtcdClient(cfg)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	ips, err := registry.NewIPAllocator(etcdClient, cfg.EtcdPrefix+"/tether/serviceips/", cfg.ServiceClusterIPRange)
+	if err != nil {
+		ln.Close()
+		etcdClient.Close()
+		return nil, err
+	}
+	deps := registry.Deps{ServiceIPs: ips, NodePorts: registry.NewPortAllocator(etcdClient, cfg.EtcdPrefix+"/tether/nodeports/", cfg.NodePortFirst, cfg.NodePortLast)}
+	statuses := map[string]*genericregistry.Store{}
+
+	res := &Resources{Scheme: scheme, Codecs: codecs, Storage: map[schema.GroupVersion]map[string]rest.Storage{}, Stores: map[string]*genericregistry.Store{}, RESTOptions: gc.RESTOptionsGetter}
+	for _, r := range registry.Stored() {
+		store, err := r.Store(scheme, gc.RESTOptionsGetter, getAttrs)
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		m := res.Storage[r.GroupVersion]
+		if m == nil {
+			m = map[string]rest.Storage{}
+			res.Storage[r.GroupVersion] = m
+		}
+		m[r.Plural] = r.WithNames(store)
+		res.Stores[r.Plural] = store
+		if r.Kind.HasStatus {
+			statuses[r.Plural] = r.StatusStore(store)
+			m[r.Plural+"/status"] = registry.NewStatusREST(statuses[r.Plural])
+		}
+	}
+	for path, storage := range registry.Special(res.Stores, statuses, deps) {
+		plural, _, _ := strings.Cut(path, "/")
+		for _, m := range res.Storage {
+			if _, ok := m[plural]; ok {
+				m[path] = storage
+			}
+		}
+	}
+	if cfg.ExtraStorage != nil {
+		if err := cfg.ExtraStorage(res); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+
+	generic, err := gc.Complete().New("tether-apiserver", genericapiserver.NewEmptyDelegate())
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("apiserver: %w", err)
+	}
+	if err := install(generic, res); err != nil {
+		return nil, err
+	}
+	if cfg.AnonymousAuth {
+		cfg.Logger.Warn("INSECURE: --anonymous-auth=true: unauthenticated requests are served as system:anonymous")
+	}
+	generic.AddPreShutdownHookOrDie("close-etcd-client", func() error { return etcdClient.Close() })
+	return &Server{cfg: cfg, port: port, generic: generic, loopback: loopback, res: res}, nil
+}
+
+func newEtcdClient(cfg Config) (*clientv3.Client, error) {
+	cc := clientv3.Config{Endpoints: cfg.EtcdServers, DialTimeout: 20 * time.Second, Logger: zap.NewNop()}
+	if cfg.EtcdCertFile != "" || cfg.EtcdCAFile != "" {
+		tlsInfo := transport.TLSInfo{CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile, TrustedCAFile: cfg.EtcdCAFile}
+		tc, err := tlsInfo.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("apiserver: etcd TLS: %w", err)
+		}
+		cc.TLS = tc
+	}
+	cli, err := clientv3.New(cc)
+	if err != nil {
+		return nil, fmt.Errorf("apiserver: etcd client: %w", err)
+	}
+	return cli, nil
+}
+
+func install(generic *genericapiserver.GenericAPIServer, res *Resources) error {
+	paramCodec := runtime.NewParameterCodec(res.Scheme)
+	groups := map[string]*genericapiserver.APIGroupInfo{}
+	var order []string
+	for _, g := range groupVersions {
+		storage := res.Storage[g.gv]
+		if len(storage) == 0 {
+			continue
+		}
+		info, ok := groups[g.gv.Group]
+		if !ok {
+			i := genericapiserver.NewDefaultAPIGroupInfo(g.gv.Group, res.Scheme, paramCodec, res.Codecs)
+			info = &i
+			groups[g.gv.Group] = info
+			order = append(order, g.gv.Group)
+		}
+		info.VersionedResourcesStorageMap[g.gv.Version] = storage
+	}
+	for _, group := range order {
+		info := groups[group]
+		var err error
+		if group == "" {
+			err = generic.InstallLegacyAPIGroup(genericapiserver.DefaultLegacyAPIPrefix, info)
+		} else {
+			err = generic.InstallAPIGroup(info)
+		}
+		if err != nil {
+			return fmt.Errorf("apiserver: install group %q: %w", group, err)
+		}
+	}
+	return nil
+}
+
+// Run serves until ctx ends, then shuts down gracefully.
+func (s *Server) Run(ctx context.Context) error {
+	prepared := s.generic.PrepareRun()
+	return prepared.RunWithContext(ctx)
+}
+
+// Port is the HTTPS port the server listens on.
+func (s *Server) Port() int { return s.port }
+
+// LoopbackConfig is a privileged client config for in-process components.
+func (s *Server) LoopbackConfig() *restclient.Config { return restclient.CopyConfig(s.loopback) }
+
+func buildAuthenticator(cfg Config, clientCA dynamiccertificates.CAContentProvider) authenticator.Request {
+	chain := []authenticator.Request{x509request.NewDynamic(clientCA.VerifyOptions, x509request.CommonNameUserConversion)}
+	chain = append(chain, cfg.Authenticators...)
+	authn := group.NewAuthenticatedGroupAdder(union.New(chain...))
+	if cfg.AnonymousAuth {
+		return union.NewFailOnError(authn, anonymous.NewAuthenticator(nil))
+	}
+	return authn
+}
+
+func buildAuthorizer(cfg Config) (authorizer.Authorizer, error) {
+	chain := []authzunion.NamedAuthorizer{{AuthorizerName: "system:masters", Authorizer: authorizerfactory.NewPrivilegedGroups("system:masters")}}
+	chain = append(chain, cfg.Authorizers...)
+	a, err := authzunion.New(chain...)
+	if err != nil {
+		return nil, fmt.Errorf("apiserver: authorizers: %w", err)
+	}
+	return a, nil
+}
+
+// loopbackConfig is the in-process client; Complete() registers its random
+// bearer token as a system:masters identity.
+func loopbackConfig(addr *net.TCPAddr, caFile string) (*restclient.Config, error) {
+	token := make([]byte, 32)
+	if _, err := rand.Read(token); err != nil {
+		return nil, err
+	}
+	host := addr.IP
+	if host.IsUnspecified() {
+		host = net.IPv4(127, 0, 0, 1)
+		if addr.IP.To4() == nil {
+			host = net.IPv6loopback
+		}
+	}
+	return &restclient.Config{
+		Host:            "https://" + net.JoinHostPort(host.String(), strconv.Itoa(addr.Port)),
+		BearerToken:     hex.EncodeToString(token),
+		TLSClientConfig: restclient.TLSClientConfig{CAFile: caFile},
+		QPS:             -1,
+		Timeout:         0,
+		ContentConfig:   restclient.ContentConfig{ContentType: runtime.ContentTypeProtobuf},
+	}, nil
+}
+
+// externalScheme holds only the served versions, for OpenAPI names.
+func externalScheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	metav1.AddToGroupVersion(s, schema.GroupVersion{Version: "v1"})
+	for _, g := range groupVersions {
+		if err := g.add(s); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// DefaultAdvertiseAddress is the machine's first global IPv4 address, or
+// 127.0.0.1 when it has none.
+func DefaultAdvertiseAddress() net.IP {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil && n.IP.IsGlobalUnicast() {
+				return n.IP
+			}
+		}
+	}
+	return net.IPv4(127, 0, 0, 1)
+}
+
+// effectiveVersion reports tether's Kubernetes API level in /version while
+// the libraries keep their own version for feature and API enablement.
+type effectiveVersion struct {
+	compatibility.EffectiveVersion
+}
+
+func (effectiveVersion) Info() *apimachineryversion.Info { return version.Info() }
+

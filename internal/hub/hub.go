@@ -1,0 +1,265 @@
+// Package hub assembles the server role: PKI, storage (embedded or external
+// etcd), the HTTPS API server and the hub's controllers, with one
+// Run(ctx) that returns when ctx ends and leaves nothing running.
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	restclient "k8s.io/client-go/rest"
+
+	"github.com/tether-dev/tether/internal/apiserver"
+	"github.com/tether-dev/tether/internal/controllers"
+	"github.com/tether-dev/tether/internal/pki"
+	"github.com/tether-dev/tether/internal/storage"
+
+	genericapiserver "k8s.io/apiserver/pkg/server"
+)
+
+// Config configures a hub. Zero values are documented per field.
+type Config struct {
+	// DataDir holds pki/, etcd/ and admin.kubeconfig. Required.
+	DataDir string
+	// BindAddress and SecurePort: where HTTPS is served; zero values
+	// 0.0.0.0 and 6443.
+	BindAddress net.IP
+	SecurePort  int
+	// AdvertiseAddress is published in the kubernetes Endpoints; zero value:
+	// the machine's first non-loopback IPv4, or 127.0.0.1.
+	AdvertiseAddress net.IP
+	// ServiceClusterIPRange; zero value 10.96.0.0/12.
+	ServiceClusterIPRange *net.IPNet
+	// EtcdServers: external etcd; empty means embedded etcd under DataDir/etcd.
+	EtcdServers                           []string
+	EtcdCAFile, EtcdCertFile, EtcdKeyFile string
+	// AnonymousAuth: insecure, off by default.
+	AnonymousAuth bool
+	// Operator-provided PKI (optional; see pki.Options).
+	CACertFile, CAKeyFile, ServingCertFile, ServingKeyFile, ServiceAccountKeyFile string
+	// Listener overrides BindAddress:SecurePort (tests).
+	Listener net.Listener
+	Logger   *slog.Logger
+}
+
+// Hub is the server role.
+type Hub struct {
+	cfg       Config
+	ready     chan struct{}
+	readyOnce sync.Once
+	server    string
+}
+
+// New validates cfg.
+func New(cfg Config) (*Hub, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("hub: data dir is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.SecurePort == 0 {
+		cfg.SecurePort = 6443
+	}
+	if cfg.BindAddress == nil {
+		cfg.BindAddress = net.IPv4zero
+	}
+	if cfg.ServiceClusterIPRange == nil {
+		_, cfg.ServiceClusterIPRange, _ = net.ParseCIDR("10.96.0.0/12")
+	}
+	if cfg.AdvertiseAddress == nil {
+		cfg.AdvertiseAddress = apiserver.DefaultAdvertiseAddress()
+	}
+	return &Hub{cfg: cfg, ready: make(chan struct{})}, nil
+}
+
+// Ready is closed once the API serves and the bootstrap objects exist.
+func (h *Hub) Ready() <-chan struct{} { return h.ready }
+
+// AdminKubeconfig is the path of the admin kubeconfig (valid once Ready).
+func (h *Hub) AdminKubeconfig() string { return filepath.Join(h.cfg.DataDir, "admin.kubeconfig") }
+
+// Server is the URL clients on this machine use (valid once Ready).
+func (h *Hub) Server() string { return h.server }
+
+// ServiceIP returns the ClusterIP of the `kubernetes` Service: the first
+// host address of the service range.
+func ServiceIP(cidr *net.IPNet) net.IP {
+	base := new(big.Int).SetBytes(cidr.IP.Mask(cidr.Mask))
+	v := new(big.Int).Add(base, big.NewInt(1)).Bytes()
+	ip := make(net.IP, len(cidr.IP.Mask(cidr.Mask)))
+	copy(ip[len(ip)-len(v):], v)
+	return ip
+}
+
+// Run starts everything and blocks until ctx ends.
+func (h *Hub) Run(ctx context.Context) error {
+	if err := os.MkdirAll(h.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("hub: %w", err)
+	}
+	log := h.cfg.Logger
+	serviceIP := ServiceIP(h.cfg.ServiceClusterIPRange)
+	hosts := []string{h.cfg.AdvertiseAddress.String(), serviceIP.String()}
+	if !h.cfg.BindAddress.IsUnspecified() {
+		hosts = append(hosts, h.cfg.BindAddress.String())
+	}
+	if hn, err := os.Hostname(); err == nil && hn != "" {
+		hosts = append(hosts, hn)
+	}
+	cluster, err := pki.EnsureCluster(pki.Options{
+		Dir: filepath.Join(h.cfg.DataDir, "pki"), ServingHosts: hosts,
+		CACertFile: h.cfg.CACertFile, CAKeyFile: h.cfg.CAKeyFile,
+		ServingCertFile: h.cfg.ServingCertFile, ServingKeyFile: h.cfg.ServingKeyFile,
+		ServiceAccountKeyFile: h.cfg.ServiceAccountKeyFile,
+	})
+	if err != nil {
+		return fmt.Errorf("hub: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	errc := make(chan error, 4)
+
+	etcdServers := h.cfg.EtcdServers
+	if len(etcdServers) == 0 {
+		member, err := storage.New(storage.Config{DataDir: filepath.Join(h.cfg.DataDir, "etcd"), Logger: log})
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := member.Run(ctx); err != nil {
+				errc <- err
+			}
+		}()
+		select {
+		case <-member.Ready():
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			return nil
+		}
+		etcdServers = member.Endpoints()
+	}
+
+	var port int
+	srv, err := apiserver.New(apiserver.Config{
+		Listener:    h.cfg.Listener,
+		BindAddress: h.cfg.BindAddress, SecurePort: h.cfg.SecurePort, AdvertiseAddress: h.cfg.AdvertiseAddress,
+		ServingCertFile: cluster.ServingCertFile, ServingKeyFile: cluster.ServingKeyFile, ClientCAFile: cluster.CACertFile,
+		EtcdServers: etcdServers, EtcdCAFile: h.cfg.EtcdCAFile, EtcdCertFile: h.cfg.EtcdCertFile, EtcdKeyFile: h.cfg.EtcdKeyFile,
+		ServiceClusterIPRange: h.cfg.ServiceClusterIPRange,
+		AnonymousAuth:         h.cfg.AnonymousAuth,
+		PostStartHooks: map[string]genericapiserver.PostStartHookFunc{
+			"tether-controllers": func(hc genericapiserver.PostStartHookContext) error {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					h.runControllers(hc.Context, hc.LoopbackClientConfig, serviceIP, port)
+				}()
+				return nil
+			},
+		},
+		Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("hub: %w", err)
+	}
+	port = srv.Port()
+	h.server = "https://" + net.JoinHostPort(clientHost(h.cfg.BindAddress, h.cfg.AdvertiseAddress).String(), strconv.Itoa(port))
+	if err := pki.WriteKubeconfig(h.AdminKubeconfig(), pki.Kubeconfig{
+		Server: h.server, CAPEM: cluster.CA.CertPEM, UserName: "tether-admin",
+		CertPEM: cluster.AdminCertPEM, KeyPEM: cluster.AdminKeyPEM,
+	}); err != nil {
+		return fmt.Errorf("hub: %w", err)
+	}
+	log.Info("hub serving", "url", h.server, "advertise", h.cfg.AdvertiseAddress, "etcd", etcdServers, "kubeconfig", h.AdminKubeconfig())
+	if err := srv.Run(ctx); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("hub: %w", err)
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		return err
+	default:
+	}
+	return nil
+}
+
+// clientHost is the address local clients use to reach the hub.
+func clientHost(bind, advertise net.IP) net.IP {
+	switch {
+	case bind.IsUnspecified() && bind.To4() != nil:
+		return net.IPv4(127, 0, 0, 1)
+	case bind.IsUnspecified():
+		return net.IPv6loopback
+	}
+	return bind
+}
+
+func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, serviceIP net.IP, port int) {
+	log := h.cfg.Logger
+	client, err := kubernetes.NewForConfig(loopback)
+	if err != nil {
+		log.Error("controllers: client", "err", err)
+		return
+	}
+	meta, err := metadata.NewForConfig(loopback)
+	if err != nil {
+		log.Error("controllers: metadata client", "err", err)
+		return
+	}
+	boot, err := controllers.NewBootstrap(controllers.BootstrapConfig{
+		Client: client, ServiceIP: serviceIP, Logger: log,
+		Endpoints: func() []controllers.EndpointAddr {
+			return []controllers.EndpointAddr{{IP: h.cfg.AdvertiseAddress, Port: int32(port)}}
+		},
+	})
+	if err != nil {
+		log.Error("controllers", "err", err)
+		return
+	}
+	ns, err := controllers.NewNamespace(controllers.NamespaceConfig{Client: client, Metadata: meta, Logger: log})
+	if err != nil {
+		log.Error("controllers", "err", err)
+		return
+	}
+	// First bootstrap pass before declaring the hub ready.
+	for ctx.Err() == nil {
+		if err := boot.Reconcile(ctx); err == nil {
+			break
+		} else {
+			log.Debug("bootstrap not ready", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	h.readyOnce.Do(func() { close(h.ready) })
+	var wg sync.WaitGroup
+	for _, run := range []func(context.Context) error{boot.Run, ns.Run} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(ctx); err != nil {
+				log.Error("controller stopped", "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
