@@ -439,4 +439,3 @@ type effectiveVersion struct {
 }
 
 func (effectiveVersion) Info() *apimachineryversion.Info { return version.Info() }
-

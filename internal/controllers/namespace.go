@@ -183,4 +183,3 @@ func (c *Namespace) namespacedResources() ([]schema.GroupVersionResource, error)
 	}
 	return out, nil
 }
-

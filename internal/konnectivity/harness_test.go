@@ -188,6 +188,7 @@ type agentOpts struct {
 	upstream  bool
 	cn        string
 	waitCount int
+	pki       *konnectivitytest.PKI // when e is nil
 }
 
 func startOurAgent(t testing.TB, e *env, o agentOpts) *runningAgent {
@@ -205,7 +206,11 @@ func startOurAgent(t testing.TB, e *env, o agentOpts) *runningAgent {
 		cn = "agent"
 	}
 	if cfg.TLS == nil {
-		cfg.TLS = e.pki.ClientTLS(t, cn)
+		pki := o.pki
+		if pki == nil {
+			pki = e.pki
+		}
+		cfg.TLS = pki.ClientTLS(t, cn)
 	}
 	if cfg.SyncInterval == 0 {
 		cfg.SyncInterval = 50 * time.Millisecond

@@ -172,7 +172,6 @@ func validateCSRConditions(c *certificatesv1.CertificateSigningRequest) field.Er
 	return errs
 }
 
-
 var gvRBAC = rbacv1.SchemeGroupVersion
 
 func validateRules(rules []rbacv1.PolicyRule, p *field.Path) field.ErrorList {

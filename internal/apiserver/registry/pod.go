@@ -427,4 +427,3 @@ func orDefault(s, d string) string {
 	}
 	return s
 }
-

@@ -93,9 +93,9 @@ func (s strategy) nameFn() apivalidation.ValidateNameFunc {
 }
 
 func (strategy) WarningsOnCreate(context.Context, runtime.Object) []string { return nil }
-func (strategy) Canonicalize(runtime.Object)                              {}
-func (strategy) AllowCreateOnUpdate(context.Context) bool                 { return false }
-func (strategy) AllowUnconditionalUpdate(context.Context) bool            { return true }
+func (strategy) Canonicalize(runtime.Object)                               {}
+func (strategy) AllowCreateOnUpdate(context.Context) bool                  { return false }
+func (strategy) AllowUnconditionalUpdate(context.Context) bool             { return true }
 func (strategy) WarningsOnUpdate(context.Context, runtime.Object, runtime.Object) []string {
 	return nil
 }
@@ -203,4 +203,3 @@ func equalBut(a, b runtime.Object, except ...string) bool {
 	}
 	return true
 }
-

@@ -416,3 +416,7 @@ func dataPkt(connID int64, b []byte) *client.Packet {
 }
 
 var _ = agentpb.NewAgentServiceClient
+
+// Gatherer returns the registry holding the agent's metrics, or nil if
+// Config.Registerer was not a Gatherer.
+func (a *Agent) Gatherer() prometheus.Gatherer { return a.gather }

@@ -283,3 +283,60 @@ func EchoRoundTrip(c net.Conn, msg []byte) error {
 	}
 	return nil
 }
+
+// NewRoundRobinProxy starts a loopback TCP proxy that sends each new
+// connection to the next of targets (a stand-in for a load balancer).
+func NewRoundRobinProxy(t testing.TB, targets ...string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	open := map[net.Conn]struct{}{}
+	track := func(c net.Conn, add bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if add {
+			open[c] = struct{}{}
+		} else {
+			delete(open, c)
+		}
+	}
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", targets[i%len(targets)])
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			track(c, true)
+			track(up, true)
+			wg.Go(func() {
+				_, _ = io.Copy(up, c)
+				_ = up.Close()
+				track(up, false)
+			})
+			wg.Go(func() {
+				_, _ = io.Copy(c, up)
+				_ = c.Close()
+				track(c, false)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		for c := range open {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return l.Addr().String()
+}

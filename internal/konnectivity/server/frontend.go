@@ -228,6 +228,10 @@ func closeConn(c net.Conn, reset bool) {
 		if tcp, ok := nc.(*net.TCPConn); ok {
 			_ = tcp.SetLinger(0)
 		}
+		// Closing the raw connection skips TLS close_notify, which a client
+		// would read as a clean end of stream.
+		_ = nc.Close()
+		return
 	}
 	_ = c.Close()
 }
