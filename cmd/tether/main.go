@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 
 	"github.com/tether-dev/tether/internal/config"
 )
@@ -77,5 +78,8 @@ func newLoggerTo(w io.Writer, verbose bool) *slog.Logger {
 	if verbose {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	// The k8s.io libraries log through klog; send that to the same place.
+	klog.SetSlogLogger(logger)
+	return logger
 }

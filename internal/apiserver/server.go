@@ -31,8 +31,10 @@ import (
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/group"
 	"k8s.io/apiserver/pkg/authentication/request/anonymous"
+	"k8s.io/apiserver/pkg/authentication/request/bearertoken"
 	"k8s.io/apiserver/pkg/authentication/request/union"
 	x509request "k8s.io/apiserver/pkg/authentication/request/x509"
+	tokenunion "k8s.io/apiserver/pkg/authentication/token/union"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
 	authzunion "k8s.io/apiserver/pkg/authorization/union"
@@ -83,7 +85,14 @@ type Config struct {
 	// AnonymousAuth allows unauthenticated requests as system:anonymous.
 	// Insecure; off by default; logs a warning when on.
 	AnonymousAuth bool
-	// Authenticators are tried after x509 client certificates, in order.
+	// TokenAuthenticators check bearer tokens (service-account JWTs, bootstrap
+	// tokens, …), in order; TokenReview uses the same chain.
+	TokenAuthenticators []authenticator.Token
+	// APIAudiences are the audiences tokens must carry when the request names
+	// none; zero value ["https://kubernetes.default.svc.cluster.local"].
+	APIAudiences []string
+	// Authenticators are tried after x509 client certificates and bearer
+	// tokens, in order.
 	Authenticators []authenticator.Request
 	// Authorizers are consulted after the system:masters authorizer, in order.
 	Authorizers []authzunion.NamedAuthorizer
@@ -134,6 +143,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.NodePortFirst == 0 {
 		cfg.NodePortFirst, cfg.NodePortLast = 30000, 32767
 	}
+	if len(cfg.APIAudiences) == 0 {
+		cfg.APIAudiences = []string{"https://kubernetes.default.svc.cluster.local"}
+	}
 	if cfg.EtcdPrefix == "" {
 		cfg.EtcdPrefix = "/registry"
 	}
@@ -146,6 +158,13 @@ func New(cfg Config) (*Server, error) {
 	scheme, err := NewScheme()
 	if err != nil {
 		return nil, err
+	}
+	// Defaults are applied when a request is decoded, as in Kubernetes, so
+	// dry runs, admission and server-side apply all see them.
+	for _, r := range registry.Stored() {
+		if def := r.Kind.Default; def != nil {
+			scheme.AddTypeDefaultingFunc(r.New(), func(obj any) { def(obj.(runtime.Object)) })
+		}
 	}
 	codecs := serializer.NewCodecFactory(scheme)
 	gc := genericapiserver.NewRecommendedConfig(codecs)
@@ -178,7 +197,12 @@ func New(cfg Config) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("apiserver: client CA: %w", err)
 	}
-	gc.Authentication.Authenticator = buildAuthenticator(cfg, clientCA)
+	var tokens authenticator.Token
+	if len(cfg.TokenAuthenticators) > 0 {
+		tokens = tokenunion.New(cfg.TokenAuthenticators...)
+	}
+	gc.Authentication.Authenticator = buildAuthenticator(cfg, clientCA, tokens)
+	gc.Authentication.APIAudiences = cfg.APIAudiences
 	gc.Authorization.Authorizer, err = buildAuthorizer(cfg)
 	if err != nil {
 		ln.Close()
@@ -268,6 +292,14 @@ func New(cfg Config) (*Server, error) {
 		if r.Kind.HasStatus {
 			statuses[r.Plural] = r.StatusStore(store)
 			m[r.Plural+"/status"] = registry.NewStatusREST(statuses[r.Plural])
+		}
+	}
+	for gv, m := range registry.Reviews(tokens, gc.Authorization.Authorizer, cfg.APIAudiences) {
+		if res.Storage[gv] == nil {
+			res.Storage[gv] = map[string]rest.Storage{}
+		}
+		for k, v := range m {
+			res.Storage[gv][k] = v
 		}
 	}
 	for path, storage := range registry.Special(res.Stores, statuses, deps) {
@@ -362,8 +394,11 @@ func (s *Server) Port() int { return s.port }
 // LoopbackConfig is a privileged client config for in-process components.
 func (s *Server) LoopbackConfig() *restclient.Config { return restclient.CopyConfig(s.loopback) }
 
-func buildAuthenticator(cfg Config, clientCA dynamiccertificates.CAContentProvider) authenticator.Request {
+func buildAuthenticator(cfg Config, clientCA dynamiccertificates.CAContentProvider, tokens authenticator.Token) authenticator.Request {
 	chain := []authenticator.Request{x509request.NewDynamic(clientCA.VerifyOptions, x509request.CommonNameUserConversion)}
+	if tokens != nil {
+		chain = append(chain, bearertoken.New(tokens))
+	}
 	chain = append(chain, cfg.Authenticators...)
 	authn := group.NewAuthenticatedGroupAdder(union.New(chain...))
 	if cfg.AnonymousAuth {

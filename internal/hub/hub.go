@@ -213,6 +213,8 @@ func clientHost(bind, advertise net.IP) net.IP {
 
 func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, serviceIP net.IP, port int) {
 	log := h.cfg.Logger
+	loopback = restclient.CopyConfig(loopback)
+	loopback.WarningHandler = restclient.NoWarnings{}
 	client, err := kubernetes.NewForConfig(loopback)
 	if err != nil {
 		log.Error("controllers: client", "err", err)
