@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net"
 	"strconv"
 	"strings"
@@ -28,6 +29,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	apimachineryversion "k8s.io/apimachinery/pkg/version"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apiserver/pkg/admission"
+	"k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/group"
 	"k8s.io/apiserver/pkg/authentication/request/anonymous"
@@ -39,7 +43,6 @@ import (
 	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
 	authzunion "k8s.io/apiserver/pkg/authorization/union"
 	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
-	"k8s.io/apiserver/pkg/registry/generic"
 	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
 	"k8s.io/apiserver/pkg/registry/rest"
 	genericapiserver "k8s.io/apiserver/pkg/server"
@@ -47,6 +50,8 @@ import (
 	"k8s.io/apiserver/pkg/server/options"
 	serverstorage "k8s.io/apiserver/pkg/server/storage"
 	"k8s.io/apiserver/pkg/storage/storagebackend"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	restclient "k8s.io/client-go/rest"
 	"k8s.io/component-base/compatibility"
 
@@ -64,10 +69,10 @@ type Config struct {
 	// SecurePort is the HTTPS port; zero value 6443.
 	SecurePort int
 	// AdvertiseAddress is the address published in the kubernetes Endpoints
-	// and discovery; zero value: the first non-loopback address of the machine,
-	// or 127.0.0.1.
+	// and discovery; zero value: DefaultAdvertiseAddress().
 	AdvertiseAddress net.IP
-	// ServingCertFile/ServingKeyFile: the hub serving certificate. Required.
+	// ServingCertFile/ServingKeyFile: the hub serving certificate (chain).
+	// Required.
 	ServingCertFile, ServingKeyFile string
 	// ClientCAFile verifies x509 client certificates. Required.
 	ClientCAFile string
@@ -82,39 +87,48 @@ type Config struct {
 	ServiceClusterIPRange *net.IPNet
 	// NodePortFirst/NodePortLast bound node ports; zero values 30000–32767.
 	NodePortFirst, NodePortLast int
-	// AnonymousAuth allows unauthenticated requests as system:anonymous.
-	// Insecure; off by default; logs a warning when on.
-	AnonymousAuth bool
-	// TokenAuthenticators check bearer tokens (service-account JWTs, bootstrap
-	// tokens, …), in order; TokenReview uses the same chain.
-	TokenAuthenticators []authenticator.Token
 	// APIAudiences are the audiences tokens must carry when the request names
 	// none; zero value ["https://kubernetes.default.svc.cluster.local"].
 	APIAudiences []string
-	// Authenticators are tried after x509 client certificates and bearer
-	// tokens, in order.
-	Authenticators []authenticator.Request
-	// Authorizers are consulted after the system:masters authorizer, in order.
-	Authorizers []authzunion.NamedAuthorizer
-	// ExtraStorage adds non-stored or custom resources per group version,
-	// e.g. review APIs or subresources ("pods/log").
-	ExtraStorage func(*Resources) error
+	// AnonymousAuth allows unauthenticated requests as system:anonymous.
+	// Insecure; off by default; logs a warning when on.
+	AnonymousAuth bool
+	// Build adds authentication, authorization, admission and extra
+	// resources once the stores and the in-process informers exist.
+	Build func(BuildContext) (Extensions, error)
 	// PostStartHooks run once the server serves (controllers).
 	PostStartHooks map[string]genericapiserver.PostStartHookFunc
 	// Logger; zero value slog.Default().
 	Logger *slog.Logger
 }
 
-// Resources is what the API server serves, by group version and resource
-// path ("pods", "pods/status"). ExtraStorage may add to it.
-type Resources struct {
-	Scheme  *runtime.Scheme
-	Codecs  serializer.CodecFactory
-	Storage map[schema.GroupVersion]map[string]rest.Storage
-	// Stores gives the generic store of each stored resource ("pods").
+// BuildContext is what Config.Build gets to work with.
+type BuildContext struct {
+	// Informers is started by the server once it serves; register what you
+	// need before Build returns.
+	Informers informers.SharedInformerFactory
+	// Client is a privileged in-process (loopback) client.
+	Client kubernetes.Interface
+	// Stores are the generic stores by resource ("pods").
 	Stores map[string]*genericregistry.Store
-	// RESTOptions builds storage for custom stores.
-	RESTOptions generic.RESTOptionsGetter
+	// APIAudiences as configured.
+	APIAudiences []string
+}
+
+// Extensions is what Config.Build adds.
+type Extensions struct {
+	// TokenAuthenticators check bearer tokens in order, after x509 client
+	// certificates; TokenReview uses the same chain.
+	TokenAuthenticators []authenticator.Token
+	// Authorizers are consulted after the system:masters authorizer, in order.
+	Authorizers []authzunion.NamedAuthorizer
+	// Admission plugins run on every write, in order.
+	Admission []admission.Interface
+	// Storage adds resources or subresources ("serviceaccounts/token").
+	Storage map[schema.GroupVersion]map[string]rest.Storage
+	// Handlers serve non-resource paths (e.g. /openid/v1/jwks); they are
+	// behind authentication and authorization like everything else.
+	Handlers map[string]http.Handler
 }
 
 // Server is a running API server.
@@ -123,11 +137,10 @@ type Server struct {
 	port     int
 	generic  *genericapiserver.GenericAPIServer
 	loopback *restclient.Config
-	res      *Resources
 }
 
 // New builds the API server; it listens once Run is called.
-func New(cfg Config) (*Server, error) {
+func New(cfg Config) (srv *Server, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -178,35 +191,26 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("apiserver: listen: %w", err)
 		}
 	}
+	var cleanups []func()
+	defer func() {
+		if err != nil {
+			ln.Close()
+			for _, c := range cleanups {
+				c()
+			}
+		}
+	}()
 	serving, err := dynamiccertificates.NewDynamicServingContentFromFiles("serving-cert", cfg.ServingCertFile, cfg.ServingKeyFile)
 	if err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("apiserver: serving cert: %w", err)
 	}
-	gc.SecureServing = &genericapiserver.SecureServingInfo{
-		Listener:      ln,
-		Cert:          serving,
-		MinTLSVersion: tls.VersionTLS12,
-	}
+	gc.SecureServing = &genericapiserver.SecureServingInfo{Listener: ln, Cert: serving, MinTLSVersion: tls.VersionTLS12}
 	clientCA, err := dynamiccertificates.NewDynamicCAContentFromFile("client-ca", cfg.ClientCAFile)
 	if err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("apiserver: client CA: %w", err)
 	}
 	if err := gc.Authentication.ApplyClientCert(clientCA, gc.SecureServing); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("apiserver: client CA: %w", err)
-	}
-	var tokens authenticator.Token
-	if len(cfg.TokenAuthenticators) > 0 {
-		tokens = tokenunion.New(cfg.TokenAuthenticators...)
-	}
-	gc.Authentication.Authenticator = buildAuthenticator(cfg, clientCA, tokens)
-	gc.Authentication.APIAudiences = cfg.APIAudiences
-	gc.Authorization.Authorizer, err = buildAuthorizer(cfg)
-	if err != nil {
-		ln.Close()
-		return nil, err
 	}
 
 	advertise := cfg.AdvertiseAddress
@@ -218,14 +222,19 @@ func New(cfg Config) (*Server, error) {
 	gc.ExternalAddress = net.JoinHostPort(advertise.String(), strconv.Itoa(port))
 	loopback, err := loopbackConfig(ln.Addr().(*net.TCPAddr), cfg.ClientCAFile)
 	if err != nil {
-		ln.Close()
 		return nil, err
 	}
 	gc.LoopbackClientConfig = loopback
+	quiet := restclient.CopyConfig(loopback)
+	quiet.WarningHandler = restclient.NoWarnings{}
+	client, err := kubernetes.NewForConfig(quiet)
+	if err != nil {
+		return nil, fmt.Errorf("apiserver: loopback client: %w", err)
+	}
+	factory := informers.NewSharedInformerFactory(client, 10*time.Minute)
 
 	external, err := externalScheme()
 	if err != nil {
-		ln.Close()
 		return nil, err
 	}
 	namer := openapinamer.NewDefinitionNamer(external)
@@ -245,91 +254,115 @@ func New(cfg Config) (*Server, error) {
 	for _, g := range groupVersions {
 		resourceConfig.EnableVersions(g.gv)
 	}
-	factory := serverstorage.NewDefaultStorageFactory(*storageConfig, runtime.ContentTypeProtobuf, codecs,
+	storageFactory := serverstorage.NewDefaultStorageFactory(*storageConfig, runtime.ContentTypeProtobuf, codecs,
 		serverstorage.NewDefaultResourceEncodingConfig(scheme), resourceConfig, map[schema.GroupResource]string{
 			{Resource: "services"}: "services/specs",
 			{Resource: "nodes"}:    "minions",
 		})
-	if err := etcdOpts.ApplyWithStorageFactoryTo(factory, &gc.Config); err != nil {
-		ln.Close()
+	if err := etcdOpts.ApplyWithStorageFactoryTo(storageFactory, &gc.Config); err != nil {
 		return nil, fmt.Errorf("apiserver: etcd: %w", err)
 	}
 	for name, hook := range cfg.PostStartHooks {
 		if err := gc.AddPostStartHook(name, hook); err != nil {
-			ln.Close()
 			return nil, err
 		}
 	}
+	gc.AddPostStartHookOrDie("tether-informers", func(hc genericapiserver.PostStartHookContext) error {
+		factory.Start(hc.Done())
+		return nil
+	})
 
 	etcdClient, err := newEtcdClient(cfg)
 	if err != nil {
-		ln.Close()
 		return nil, err
 	}
+	cleanups = append(cleanups, func() { etcdClient.Close() })
 	ips, err := registry.NewIPAllocator(etcdClient, cfg.EtcdPrefix+"/tether/serviceips/", cfg.ServiceClusterIPRange)
 	if err != nil {
-		ln.Close()
-		etcdClient.Close()
 		return nil, err
 	}
 	deps := registry.Deps{ServiceIPs: ips, NodePorts: registry.NewPortAllocator(etcdClient, cfg.EtcdPrefix+"/tether/nodeports/", cfg.NodePortFirst, cfg.NodePortLast)}
-	statuses := map[string]*genericregistry.Store{}
 
-	res := &Resources{Scheme: scheme, Codecs: codecs, Storage: map[schema.GroupVersion]map[string]rest.Storage{}, Stores: map[string]*genericregistry.Store{}, RESTOptions: gc.RESTOptionsGetter}
+	storage := map[schema.GroupVersion]map[string]rest.Storage{}
+	add := func(gv schema.GroupVersion, path string, s rest.Storage) {
+		if storage[gv] == nil {
+			storage[gv] = map[string]rest.Storage{}
+		}
+		storage[gv][path] = s
+	}
+	stores := map[string]*genericregistry.Store{}
+	statuses := map[string]*genericregistry.Store{}
+	gvOf := map[string]schema.GroupVersion{}
 	for _, r := range registry.Stored() {
 		store, err := r.Store(scheme, gc.RESTOptionsGetter, getAttrs)
 		if err != nil {
-			ln.Close()
 			return nil, err
 		}
-		m := res.Storage[r.GroupVersion]
-		if m == nil {
-			m = map[string]rest.Storage{}
-			res.Storage[r.GroupVersion] = m
-		}
-		m[r.Plural] = r.WithNames(store)
-		res.Stores[r.Plural] = store
+		add(r.GroupVersion, r.Plural, r.WithNames(store))
+		stores[r.Plural] = store
+		gvOf[r.Plural] = r.GroupVersion
 		if r.Kind.HasStatus {
 			statuses[r.Plural] = r.StatusStore(store)
-			m[r.Plural+"/status"] = registry.NewStatusREST(statuses[r.Plural])
+			add(r.GroupVersion, r.Plural+"/status", registry.NewStatusREST(statuses[r.Plural]))
+		}
+	}
+	for path, s := range registry.Special(stores, statuses, deps) {
+		plural, _, _ := strings.Cut(path, "/")
+		add(gvOf[plural], path, s)
+	}
+
+	var ext Extensions
+	if cfg.Build != nil {
+		ext, err = cfg.Build(BuildContext{Informers: factory, Client: client, Stores: stores, APIAudiences: cfg.APIAudiences})
+		if err != nil {
+			return nil, fmt.Errorf("apiserver: %w", err)
+		}
+	}
+	var tokens authenticator.Token
+	if len(ext.TokenAuthenticators) > 0 {
+		tokens = tokenunion.New(ext.TokenAuthenticators...)
+	}
+	gc.Authentication.Authenticator = buildAuthenticator(cfg.AnonymousAuth, clientCA, tokens)
+	gc.Authentication.APIAudiences = cfg.APIAudiences
+	if gc.Authorization.Authorizer, err = buildAuthorizer(ext.Authorizers); err != nil {
+		return nil, err
+	}
+	nsLifecycle, err := lifecycle.NewLifecycle(sets.New(metav1.NamespaceDefault, metav1.NamespaceSystem, metav1.NamespacePublic))
+	if err != nil {
+		return nil, fmt.Errorf("apiserver: namespace lifecycle: %w", err)
+	}
+	nsLifecycle.SetExternalKubeClientSet(client)
+	nsLifecycle.SetExternalKubeInformerFactory(factory)
+	if err := nsLifecycle.ValidateInitialization(); err != nil {
+		return nil, fmt.Errorf("apiserver: namespace lifecycle: %w", err)
+	}
+	gc.AdmissionControl = admission.NewChainHandler(append([]admission.Interface{nsLifecycle}, ext.Admission...)...)
+	for gv, m := range ext.Storage {
+		for path, s := range m {
+			add(gv, path, s)
 		}
 	}
 	for gv, m := range registry.Reviews(tokens, gc.Authorization.Authorizer, cfg.APIAudiences) {
-		if res.Storage[gv] == nil {
-			res.Storage[gv] = map[string]rest.Storage{}
-		}
-		for k, v := range m {
-			res.Storage[gv][k] = v
-		}
-	}
-	for path, storage := range registry.Special(res.Stores, statuses, deps) {
-		plural, _, _ := strings.Cut(path, "/")
-		for _, m := range res.Storage {
-			if _, ok := m[plural]; ok {
-				m[path] = storage
-			}
-		}
-	}
-	if cfg.ExtraStorage != nil {
-		if err := cfg.ExtraStorage(res); err != nil {
-			ln.Close()
-			return nil, err
+		for path, s := range m {
+			add(gv, path, s)
 		}
 	}
 
 	generic, err := gc.Complete().New("tether-apiserver", genericapiserver.NewEmptyDelegate())
 	if err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("apiserver: %w", err)
 	}
-	if err := install(generic, res); err != nil {
+	if err := install(generic, scheme, codecs, storage); err != nil {
 		return nil, err
+	}
+	for path, h := range ext.Handlers {
+		generic.Handler.NonGoRestfulMux.Handle(path, h)
 	}
 	if cfg.AnonymousAuth {
 		cfg.Logger.Warn("INSECURE: --anonymous-auth=true: unauthenticated requests are served as system:anonymous")
 	}
 	generic.AddPreShutdownHookOrDie("close-etcd-client", func() error { return etcdClient.Close() })
-	return &Server{cfg: cfg, port: port, generic: generic, loopback: loopback, res: res}, nil
+	return &Server{cfg: cfg, port: port, generic: generic, loopback: loopback}, nil
 }
 
 func newEtcdClient(cfg Config) (*clientv3.Client, error) {
@@ -349,18 +382,18 @@ func newEtcdClient(cfg Config) (*clientv3.Client, error) {
 	return cli, nil
 }
 
-func install(generic *genericapiserver.GenericAPIServer, res *Resources) error {
-	paramCodec := runtime.NewParameterCodec(res.Scheme)
+func install(generic *genericapiserver.GenericAPIServer, scheme *runtime.Scheme, codecs serializer.CodecFactory, all map[schema.GroupVersion]map[string]rest.Storage) error {
+	paramCodec := runtime.NewParameterCodec(scheme)
 	groups := map[string]*genericapiserver.APIGroupInfo{}
 	var order []string
 	for _, g := range groupVersions {
-		storage := res.Storage[g.gv]
+		storage := all[g.gv]
 		if len(storage) == 0 {
 			continue
 		}
 		info, ok := groups[g.gv.Group]
 		if !ok {
-			i := genericapiserver.NewDefaultAPIGroupInfo(g.gv.Group, res.Scheme, paramCodec, res.Codecs)
+			i := genericapiserver.NewDefaultAPIGroupInfo(g.gv.Group, scheme, paramCodec, codecs)
 			info = &i
 			groups[g.gv.Group] = info
 			order = append(order, g.gv.Group)
@@ -394,22 +427,21 @@ func (s *Server) Port() int { return s.port }
 // LoopbackConfig is a privileged client config for in-process components.
 func (s *Server) LoopbackConfig() *restclient.Config { return restclient.CopyConfig(s.loopback) }
 
-func buildAuthenticator(cfg Config, clientCA dynamiccertificates.CAContentProvider, tokens authenticator.Token) authenticator.Request {
+func buildAuthenticator(anonymousAuth bool, clientCA dynamiccertificates.CAContentProvider, tokens authenticator.Token) authenticator.Request {
 	chain := []authenticator.Request{x509request.NewDynamic(clientCA.VerifyOptions, x509request.CommonNameUserConversion)}
 	if tokens != nil {
 		chain = append(chain, bearertoken.New(tokens))
 	}
-	chain = append(chain, cfg.Authenticators...)
 	authn := group.NewAuthenticatedGroupAdder(union.New(chain...))
-	if cfg.AnonymousAuth {
+	if anonymousAuth {
 		return union.NewFailOnError(authn, anonymous.NewAuthenticator(nil))
 	}
 	return authn
 }
 
-func buildAuthorizer(cfg Config) (authorizer.Authorizer, error) {
+func buildAuthorizer(extra []authzunion.NamedAuthorizer) (authorizer.Authorizer, error) {
 	chain := []authzunion.NamedAuthorizer{{AuthorizerName: "system:masters", Authorizer: authorizerfactory.NewPrivilegedGroups("system:masters")}}
-	chain = append(chain, cfg.Authorizers...)
+	chain = append(chain, extra...)
 	a, err := authzunion.New(chain...)
 	if err != nil {
 		return nil, fmt.Errorf("apiserver: authorizers: %w", err)

@@ -164,6 +164,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		EtcdServers: etcdServers, EtcdCAFile: h.cfg.EtcdCAFile, EtcdCertFile: h.cfg.EtcdCertFile, EtcdKeyFile: h.cfg.EtcdKeyFile,
 		ServiceClusterIPRange: h.cfg.ServiceClusterIPRange,
 		AnonymousAuth:         h.cfg.AnonymousAuth,
+		Build:                 h.buildAuth(cluster, "https://"+net.JoinHostPort(h.cfg.AdvertiseAddress.String(), strconv.Itoa(h.cfg.SecurePort))+"/openid/v1/jwks"),
 		PostStartHooks: map[string]genericapiserver.PostStartHookFunc{
 			"tether-controllers": func(hc genericapiserver.PostStartHookContext) error {
 				wg.Add(1)

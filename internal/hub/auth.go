@@ -1,0 +1,50 @@
+package hub
+
+import (
+	"crypto"
+	"fmt"
+	"net/http"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/registry/rest"
+
+	"github.com/tether-dev/tether/internal/apiserver"
+	"github.com/tether-dev/tether/internal/apiserver/authn"
+	"github.com/tether-dev/tether/internal/pki"
+)
+
+// Issuer is the "iss" of service-account tokens, as kubeadm configures it.
+const Issuer = "https://kubernetes.default.svc.cluster.local"
+
+// buildAuth returns the apiserver.Config.Build hook: token authenticators,
+// TokenRequest, OIDC discovery, and (once present) the authorizers.
+func (h *Hub) buildAuth(cluster *pki.Cluster, jwksURI string) func(apiserver.BuildContext) (apiserver.Extensions, error) {
+	return func(b apiserver.BuildContext) (apiserver.Extensions, error) {
+		var ext apiserver.Extensions
+		objects := authn.NewInformerObjects(b.Informers, b.Client)
+		issuer, err := authn.NewIssuer(Issuer, cluster.ServiceAccountKey, nil)
+		if err != nil {
+			return ext, fmt.Errorf("service-account issuer: %w", err)
+		}
+		keys := []crypto.PublicKey{cluster.ServiceAccountKey.Public()}
+		sa, err := authn.NewSATokenAuthenticator([]string{Issuer}, keys, b.APIAudiences, objects, nil)
+		if err != nil {
+			return ext, err
+		}
+		ext.TokenAuthenticators = []authenticator.Token{sa, authn.NewBootstrapTokenAuthenticator(objects, nil)}
+		ext.Storage = map[schema.GroupVersion]map[string]rest.Storage{
+			corev1.SchemeGroupVersion: {"serviceaccounts/token": &authn.TokenRequestREST{Issuer: issuer, Objects: objects, Audiences: b.APIAudiences}},
+		}
+		oidc, err := authn.NewOIDC(Issuer, jwksURI, keys)
+		if err != nil {
+			return ext, err
+		}
+		ext.Handlers = map[string]http.Handler{
+			"/.well-known/openid-configuration": oidc.ConfigHandler(),
+			"/openid/v1/jwks":                   oidc.JWKSHandler(),
+		}
+		return ext, nil
+	}
+}
