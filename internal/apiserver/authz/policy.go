@@ -39,8 +39,10 @@ const (
 	nodeLeaseNamespace = "kube-node-lease"
 )
 
-func readVerbs() []string  { return []string{"get", "list", "watch"} }
-func writeVerbs() []string { return []string{"create", "delete", "deletecollection", "patch", "update"} }
+func readVerbs() []string { return []string{"get", "list", "watch"} }
+func writeVerbs() []string {
+	return []string{"create", "delete", "deletecollection", "patch", "update"}
+}
 
 // rule builds a PolicyRule; fresh slices every call.
 func rule(verbs []string, groups []string, resources ...string) rbacv1.PolicyRule {
@@ -124,7 +126,8 @@ func nodeRules() []rbacv1.PolicyRule {
 		rule(vs("get", "list", "watch", "create", "delete"), vs(groupCore), "pods"),
 		rule(vs("patch", "update"), vs(groupCore), "pods/status"),
 		rule(vs("create"), vs(groupCore), "pods/eviction"),
-		rule(vs("get"), vs(groupCore), "configmaps", "secrets", "persistentvolumeclaims", "persistentvolumes"),
+		rule(readVerbs(), vs(groupCore), "configmaps", "secrets", "persistentvolumeclaims"),
+		rule(vs("get"), vs(groupCore), "persistentvolumes"),
 		rule(vs("create"), vs(groupCore), "serviceaccounts/token"),
 		rule(vs("create", "get", "list", "watch"), vs(groupCerts), "certificatesigningrequests"),
 		rule(vs("get", "create", "update", "patch", "delete"), vs(groupCoord), "leases"),
