@@ -46,6 +46,7 @@ func subcommands() []*cobra.Command {
 		newServerCmd(),
 		newUpCmd(),
 		newVersionCmd(),
+		newTokenCmd(),
 		newKonnectivityServerCmd(),
 		newKonnectivityAgentCmd(),
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -21,6 +22,8 @@ type hubFlags struct {
 	anonymous                                           bool
 	caCert, caKey, servingCert, servingKey, saKey       string
 	verbose                                             bool
+	signingDuration, tokenTTL                           time.Duration
+	bootstrapTokens                                     []string
 }
 
 func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
@@ -39,6 +42,9 @@ func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
 	fs.StringVar(&f.servingCert, "tls-cert-file", "", "operator-provided serving certificate (with --tls-private-key-file)")
 	fs.StringVar(&f.servingKey, "tls-private-key-file", "", "operator-provided serving key")
 	fs.StringVar(&f.saKey, "service-account-key-file", "", "operator-provided service-account signing key")
+	fs.DurationVar(&f.signingDuration, "cluster-signing-duration", 365*24*time.Hour, "maximum validity of certificates signed for CSRs")
+	fs.StringSliceVar(&f.bootstrapTokens, "bootstrap-token", nil, "bootstrap token(s) id.secret to create at start, for nodes to join")
+	fs.DurationVar(&f.tokenTTL, "bootstrap-token-ttl", 24*time.Hour, "lifetime of tokens created with --bootstrap-token")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "debug logging")
 }
 
@@ -47,7 +53,8 @@ func (f *hubFlags) config() (hub.Config, error) {
 		DataDir: f.dataDir, SecurePort: f.securePort, EtcdServers: f.etcdServers,
 		EtcdCAFile: f.etcdCA, EtcdCertFile: f.etcdCert, EtcdKeyFile: f.etcdKey, AnonymousAuth: f.anonymous,
 		CACertFile: f.caCert, CAKeyFile: f.caKey, ServingCertFile: f.servingCert, ServingKeyFile: f.servingKey,
-		ServiceAccountKeyFile: f.saKey,
+		ServiceAccountKeyFile: f.saKey, ClusterSigningDuration: f.signingDuration,
+		BootstrapTokens: f.bootstrapTokens, BootstrapTokenTTL: f.tokenTTL,
 	}
 	if cfg.BindAddress = net.ParseIP(f.bindAddress); cfg.BindAddress == nil {
 		return cfg, fmt.Errorf("--bind-address %q is not an IP address", f.bindAddress)

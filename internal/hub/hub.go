@@ -21,6 +21,7 @@ import (
 	restclient "k8s.io/client-go/rest"
 
 	"github.com/tether-dev/tether/internal/apiserver"
+	"github.com/tether-dev/tether/internal/bootstraptoken"
 	"github.com/tether-dev/tether/internal/controllers"
 	"github.com/tether-dev/tether/internal/pki"
 	"github.com/tether-dev/tether/internal/storage"
@@ -48,6 +49,13 @@ type Config struct {
 	AnonymousAuth bool
 	// Operator-provided PKI (optional; see pki.Options).
 	CACertFile, CAKeyFile, ServingCertFile, ServingKeyFile, ServiceAccountKeyFile string
+	// ClusterSigningDuration caps certificates issued for CSRs; zero value
+	// one year.
+	ClusterSigningDuration time.Duration
+	// BootstrapTokens ("id.secret") are created at start with BootstrapTokenTTL
+	// (zero: 24h) so nodes can join.
+	BootstrapTokens   []string
+	BootstrapTokenTTL time.Duration
 	// Listener overrides BindAddress:SecurePort (tests).
 	Listener net.Listener
 	Logger   *slog.Logger
@@ -127,6 +135,11 @@ func (h *Hub) Run(ctx context.Context) error {
 		return fmt.Errorf("hub: %w", err)
 	}
 
+	servingChain, err := h.servingChain(cluster)
+	if err != nil {
+		return err
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -160,7 +173,7 @@ func (h *Hub) Run(ctx context.Context) error {
 	srv, err := apiserver.New(apiserver.Config{
 		Listener:    h.cfg.Listener,
 		BindAddress: h.cfg.BindAddress, SecurePort: h.cfg.SecurePort, AdvertiseAddress: h.cfg.AdvertiseAddress,
-		ServingCertFile: cluster.ServingCertFile, ServingKeyFile: cluster.ServingKeyFile, ClientCAFile: cluster.CACertFile,
+		ServingCertFile: servingChain, ServingKeyFile: cluster.ServingKeyFile, ClientCAFile: cluster.CACertFile,
 		EtcdServers: etcdServers, EtcdCAFile: h.cfg.EtcdCAFile, EtcdCertFile: h.cfg.EtcdCertFile, EtcdKeyFile: h.cfg.EtcdKeyFile,
 		ServiceClusterIPRange: h.cfg.ServiceClusterIPRange,
 		AnonymousAuth:         h.cfg.AnonymousAuth,
@@ -170,7 +183,7 @@ func (h *Hub) Run(ctx context.Context) error {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					h.runControllers(hc.Context, hc.LoopbackClientConfig, serviceIP, port)
+					h.runControllers(hc.Context, hc.LoopbackClientConfig, cluster, serviceIP, port)
 				}()
 				return nil
 			},
@@ -201,6 +214,29 @@ func (h *Hub) Run(ctx context.Context) error {
 	return nil
 }
 
+// servingChain returns the serving certificate file the API server uses. A
+// hub-issued certificate is served together with the cluster CA, so a
+// joining node that pins the CA by its hash can verify the hub during the
+// very first TLS handshake, before it sends any secret.
+func (h *Hub) servingChain(cluster *pki.Cluster) (string, error) {
+	if h.cfg.ServingCertFile != "" {
+		return cluster.ServingCertFile, nil
+	}
+	leaf, err := os.ReadFile(cluster.ServingCertFile)
+	if err != nil {
+		return "", fmt.Errorf("hub: %w", err)
+	}
+	chain := filepath.Join(h.cfg.DataDir, "pki", "apiserver-chain.crt")
+	tmp := chain + ".tmp"
+	if err := os.WriteFile(tmp, append(append(leaf, '\n'), cluster.CA.CertPEM...), 0o644); err != nil {
+		return "", fmt.Errorf("hub: %w", err)
+	}
+	if err := os.Rename(tmp, chain); err != nil {
+		return "", fmt.Errorf("hub: %w", err)
+	}
+	return chain, nil
+}
+
 // clientHost is the address local clients use to reach the hub.
 func clientHost(bind, advertise net.IP) net.IP {
 	switch {
@@ -212,7 +248,7 @@ func clientHost(bind, advertise net.IP) net.IP {
 	return bind
 }
 
-func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, serviceIP net.IP, port int) {
+func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, cluster *pki.Cluster, serviceIP net.IP, port int) {
 	log := h.cfg.Logger
 	loopback = restclient.CopyConfig(loopback)
 	loopback.WarningHandler = restclient.NoWarnings{}
@@ -241,21 +277,49 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, s
 		log.Error("controllers", "err", err)
 		return
 	}
+	csr, err := controllers.NewCSR(controllers.CSRConfig{Client: client, CA: cluster.CA, SigningDuration: h.cfg.ClusterSigningDuration, Logger: log})
+	if err != nil {
+		log.Error("controllers", "err", err)
+		return
+	}
+	sas, err := controllers.NewServiceAccounts(controllers.ServiceAccountsConfig{Client: client, CABundle: cluster.CA.CertPEM, Logger: log})
+	if err != nil {
+		log.Error("controllers", "err", err)
+		return
+	}
+	tokens, err := bootstraptoken.NewController(bootstraptoken.ControllerConfig{Client: client, CAPEM: cluster.CA.CertPEM, Logger: log,
+		Server: "https://" + net.JoinHostPort(h.cfg.AdvertiseAddress.String(), strconv.Itoa(port))})
+	if err != nil {
+		log.Error("controllers", "err", err)
+		return
+	}
 	// First bootstrap pass before declaring the hub ready.
 	for ctx.Err() == nil {
-		if err := boot.Reconcile(ctx); err == nil {
+		err := boot.Reconcile(ctx)
+		if err == nil {
 			break
-		} else {
-			log.Debug("bootstrap not ready", "err", err)
 		}
+		log.Debug("bootstrap not ready", "err", err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+	for _, tok := range h.cfg.BootstrapTokens {
+		ttl := h.cfg.BootstrapTokenTTL
+		if ttl == 0 {
+			ttl = 24 * time.Hour
+		}
+		if _, err := bootstraptoken.Create(ctx, client, bootstraptoken.Options{Token: tok, TTL: ttl, Description: "created by tether server --bootstrap-token"}); err != nil {
+			log.Error("bootstrap token", "err", err)
+		}
+	}
+	if err := tokens.Reconcile(ctx); err != nil {
+		log.Warn("cluster-info", "err", err)
+	}
 	h.readyOnce.Do(func() { close(h.ready) })
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{boot.Run, ns.Run} {
+	for _, run := range []func(context.Context) error{boot.Run, ns.Run, csr.Run, sas.Run, tokens.Run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

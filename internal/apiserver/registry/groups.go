@@ -161,9 +161,8 @@ func validateCSRConditions(c *certificatesv1.CertificateSigningRequest) field.Er
 			approved = true
 		case certificatesv1.CertificateDenied:
 			denied = true
-		case certificatesv1.CertificateFailed:
-		default:
-			errs = append(errs, field.NotSupported(p.Child("type"), cond.Type, []string{"Approved", "Denied", "Failed"}))
+		case "":
+			errs = append(errs, field.Required(p.Child("type"), ""))
 		}
 	}
 	if approved && denied {
