@@ -293,6 +293,16 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 		log.Error("controllers", "err", err)
 		return
 	}
+	sched, err := controllers.NewScheduler(controllers.SchedulerConfig{Client: client, Logger: log})
+	if err != nil {
+		log.Error("controllers", "err", err)
+		return
+	}
+	lifecycle, err := controllers.NewNodeLifecycle(controllers.NodeLifecycleConfig{Client: client, Logger: log})
+	if err != nil {
+		log.Error("controllers", "err", err)
+		return
+	}
 	// First bootstrap pass before declaring the hub ready.
 	for ctx.Err() == nil {
 		err := boot.Reconcile(ctx)
@@ -319,7 +329,7 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 	}
 	h.readyOnce.Do(func() { close(h.ready) })
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{boot.Run, ns.Run, csr.Run, sas.Run, tokens.Run} {
+	for _, run := range []func(context.Context) error{boot.Run, ns.Run, csr.Run, sas.Run, tokens.Run, sched.Run, lifecycle.Run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -1,0 +1,221 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+)
+
+// SchedulerConfig configures the Scheduler.
+type SchedulerConfig struct {
+	Client kubernetes.Interface
+	// Name is the scheduler name pods ask for; zero value "default-scheduler".
+	Name   string
+	Logger *slog.Logger
+}
+
+// Scheduler is a tiny scheduler: it binds each unscheduled pod to a Ready,
+// schedulable node that matches its nodeSelector and whose NoSchedule taints
+// it tolerates, preferring the node with the fewest pods.
+type Scheduler struct {
+	cfg   SchedulerConfig
+	queue workqueue.TypedRateLimitingInterface[string]
+}
+
+// NewScheduler validates cfg.
+func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
+	if cfg.Client == nil {
+		return nil, fmt.Errorf("scheduler: client is required")
+	}
+	if cfg.Name == "" {
+		cfg.Name = corev1.DefaultSchedulerName
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	q := workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 5*time.Second),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "scheduler"})
+	return &Scheduler{cfg: cfg, queue: q}, nil
+}
+
+// Run schedules until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) error {
+	defer s.queue.ShutDown()
+	factory := informers.NewSharedInformerFactory(s.cfg.Client, 10*time.Minute)
+	pods := factory.Core().V1().Pods()
+	nodes := factory.Core().V1().Nodes()
+	enqueue := func(obj any) {
+		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName == "" && p.DeletionTimestamp == nil && p.Spec.SchedulerName == s.cfg.Name {
+			if key, err := cache.MetaNamespaceKeyFunc(p); err == nil {
+				s.queue.Add(key)
+			}
+		}
+	}
+	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }}); err != nil {
+		return err
+	}
+	podLister, nodeLister := pods.Lister(), nodes.Lister()
+	retryAll := func(any) {
+		all, _ := podLister.List(labels.Everything())
+		for _, p := range all {
+			enqueue(p)
+		}
+	}
+	if _, err := nodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: retryAll, UpdateFunc: func(_, o any) { retryAll(o) }}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), pods.Informer().HasSynced, nodes.Informer().HasSynced) {
+		return nil
+	}
+	go func() {
+		<-ctx.Done()
+		s.queue.ShutDown()
+	}()
+	for {
+		key, quit := s.queue.Get()
+		if quit {
+			return nil
+		}
+		retry, err := s.schedule(ctx, key, podLister, nodeLister)
+		switch {
+		case err != nil:
+			s.cfg.Logger.Warn("scheduler", "pod", key, "err", err)
+			s.queue.AddRateLimited(key)
+		case retry:
+			s.queue.AddAfter(key, 5*time.Second)
+		default:
+			s.queue.Forget(key)
+		}
+		s.queue.Done(key)
+	}
+}
+
+// Feasible reports whether pod may run on node, and why not.
+func Feasible(pod *corev1.Pod, node *corev1.Node) (bool, string) {
+	if node.Spec.Unschedulable {
+		return false, "node is unschedulable"
+	}
+	ready := false
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+			ready = true
+		}
+	}
+	if !ready {
+		return false, "node is not Ready"
+	}
+	if !labels.SelectorFromSet(pod.Spec.NodeSelector).Matches(labels.Set(node.Labels)) {
+		return false, "node does not match the pod's nodeSelector"
+	}
+	for _, t := range node.Spec.Taints {
+		if t.Effect != corev1.TaintEffectNoSchedule && t.Effect != corev1.TaintEffectNoExecute {
+			continue
+		}
+		tolerated := false
+		for _, tol := range pod.Spec.Tolerations {
+			if tol.ToleratesTaint(klog.Background(), &t, false) {
+				tolerated = true
+				break
+			}
+		}
+		if !tolerated {
+			return false, fmt.Sprintf("node has taint {%s: %s} that the pod does not tolerate", t.Key, t.Value)
+		}
+	}
+	return true, ""
+}
+
+func (s *Scheduler) schedule(ctx context.Context, key string, podLister corelisters.PodLister, nodeLister corelisters.NodeLister) (bool, error) {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return false, nil
+	}
+	pod, err := podLister.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) || (err == nil && (pod.Spec.NodeName != "" || pod.DeletionTimestamp != nil)) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	nodes, err := nodeLister.List(labels.Everything())
+	if err != nil {
+		return false, err
+	}
+	all, _ := podLister.List(labels.Everything())
+	load := map[string]int{}
+	for _, p := range all {
+		if p.Spec.NodeName != "" {
+			load[p.Spec.NodeName]++
+		}
+	}
+	var candidates []*corev1.Node
+	reasons := map[string]int{}
+	for _, n := range nodes {
+		if ok, why := Feasible(pod, n); ok {
+			candidates = append(candidates, n)
+		} else {
+			reasons[why]++
+		}
+	}
+	if len(candidates) == 0 {
+		msg := fmt.Sprintf("0/%d nodes are available", len(nodes))
+		for why, n := range reasons {
+			msg += fmt.Sprintf(": %d %s", n, why)
+		}
+		return true, s.unschedulable(ctx, pod, msg)
+	}
+	sort.Slice(candidates, func(i, j int) bool {
+		if load[candidates[i].Name] != load[candidates[j].Name] {
+			return load[candidates[i].Name] < load[candidates[j].Name]
+		}
+		return candidates[i].Name < candidates[j].Name
+	})
+	target := candidates[0].Name
+	err = s.cfg.Client.CoreV1().Pods(ns).Bind(ctx, &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: ns, UID: pod.UID},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: target},
+	}, metav1.CreateOptions{})
+	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("bind to %s: %w", target, err)
+	}
+	s.cfg.Logger.Debug("scheduled", "pod", key, "node", target)
+	return false, nil
+}
+
+func (s *Scheduler) unschedulable(ctx context.Context, pod *corev1.Pod, msg string) error {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Message == msg {
+			return nil
+		}
+	}
+	pod = pod.DeepCopy()
+	var conds []corev1.PodCondition
+	for _, c := range pod.Status.Conditions {
+		if c.Type != corev1.PodScheduled {
+			conds = append(conds, c)
+		}
+	}
+	pod.Status.Conditions = append(conds, corev1.PodCondition{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
+		Reason: corev1.PodReasonUnschedulable, Message: msg, LastTransitionTime: metav1.Now()})
+	_, err := s.cfg.Client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+	return ignoreConflict(err)
+}
