@@ -126,6 +126,9 @@ type Extensions struct {
 	Admission []admission.Interface
 	// Storage adds resources or subresources ("serviceaccounts/token").
 	Storage map[schema.GroupVersion]map[string]rest.Storage
+	// RulesResolver answers SelfSubjectRulesReview (kubectl auth can-i
+	// --list); nil leaves that API out.
+	RulesResolver authorizer.RuleResolver
 	// Handlers serve non-resource paths (e.g. /openid/v1/jwks); they are
 	// behind authentication and authorization like everything else.
 	Handlers map[string]http.Handler
@@ -342,7 +345,7 @@ func New(cfg Config) (srv *Server, err error) {
 			add(gv, path, s)
 		}
 	}
-	for gv, m := range registry.Reviews(tokens, gc.Authorization.Authorizer, cfg.APIAudiences) {
+	for gv, m := range registry.Reviews(tokens, gc.Authorization.Authorizer, ext.RulesResolver, cfg.APIAudiences) {
 		for path, s := range m {
 			add(gv, path, s)
 		}

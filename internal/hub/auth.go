@@ -7,11 +7,17 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
+	authzunion "k8s.io/apiserver/pkg/authorization/union"
+	"k8s.io/client-go/informers"
 	"k8s.io/apiserver/pkg/registry/rest"
 
 	"github.com/tether-dev/tether/internal/apiserver"
 	"github.com/tether-dev/tether/internal/apiserver/authn"
+	"github.com/tether-dev/tether/internal/apiserver/authz"
 	"github.com/tether-dev/tether/internal/pki"
 )
 
@@ -41,6 +47,31 @@ func (h *Hub) buildAuth(cluster *pki.Cluster, jwksURI string) func(apiserver.Bui
 		if err != nil {
 			return ext, err
 		}
+		rbac := authz.NewRBAC(b.Informers)
+		node := authz.NewNode(b.Informers)
+		ext.Authorizers = []authzunion.NamedAuthorizer{
+			{AuthorizerName: "Node", Authorizer: node},
+			{AuthorizerName: "RBAC", Authorizer: rbac},
+		}
+		// The escalation check asks the same chain the server uses.
+		chain, err := authzunion.New(append([]authzunion.NamedAuthorizer{{AuthorizerName: "system:masters",
+			Authorizer: authorizerfactory.NewPrivilegedGroups(user.SystemPrivilegedGroup)}}, ext.Authorizers...)...)
+		if err != nil {
+			return ext, err
+		}
+		restriction := authz.NewNodeRestriction()
+		if wants, ok := restriction.(interface {
+			SetExternalKubeInformerFactory(informers.SharedInformerFactory)
+		}); ok {
+			wants.SetExternalKubeInformerFactory(b.Informers)
+		}
+		if v, ok := restriction.(admission.InitializationValidator); ok {
+			if err := v.ValidateInitialization(); err != nil {
+				return ext, err
+			}
+		}
+		ext.Admission = []admission.Interface{authz.NewEscalationCheck(rbac, chain), restriction}
+		ext.RulesResolver = rbac
 		ext.Handlers = map[string]http.Handler{
 			"/.well-known/openid-configuration": oidc.ConfigHandler(),
 			"/openid/v1/jwks":                   oidc.JWKSHandler(),

@@ -21,6 +21,7 @@ import (
 	restclient "k8s.io/client-go/rest"
 
 	"github.com/tether-dev/tether/internal/apiserver"
+	"github.com/tether-dev/tether/internal/apiserver/authz"
 	"github.com/tether-dev/tether/internal/bootstraptoken"
 	"github.com/tether-dev/tether/internal/controllers"
 	"github.com/tether-dev/tether/internal/pki"
@@ -237,6 +238,30 @@ func (h *Hub) servingChain(cluster *pki.Cluster) (string, error) {
 	return chain, nil
 }
 
+// retry runs fn until it succeeds or ctx ends.
+func retry(ctx context.Context, log *slog.Logger, what string, fn func() error) {
+	for ctx.Err() == nil {
+		err := fn()
+		if err == nil {
+			return
+		}
+		log.Debug(what+" not ready", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// identity is the loopback connection with a client certificate instead of
+// the privileged loopback token.
+func identity(loopback *restclient.Config, certPEM, keyPEM []byte) *restclient.Config {
+	c := restclient.CopyConfig(loopback)
+	c.BearerToken = ""
+	c.TLSClientConfig.CertData, c.TLSClientConfig.KeyData = certPEM, keyPEM
+	return c
+}
+
 // clientHost is the address local clients use to reach the hub.
 func clientHost(bind, advertise net.IP) net.IP {
 	switch {
@@ -252,12 +277,32 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 	log := h.cfg.Logger
 	loopback = restclient.CopyConfig(loopback)
 	loopback.WarningHandler = restclient.NoWarnings{}
+	// The API server's own bootstrap (namespaces, the kubernetes Service,
+	// RBAC policy) uses the loopback identity, as kube-apiserver does; the
+	// controllers use their own certificates, so RBAC applies to them.
 	client, err := kubernetes.NewForConfig(loopback)
 	if err != nil {
 		log.Error("controllers: client", "err", err)
 		return
 	}
-	meta, err := metadata.NewForConfig(loopback)
+	// The RBAC bootstrap policy is written while the hub gets ready; the
+	// controllers that depend on it start once it is in place.
+	policyDone := make(chan struct{})
+	go func() {
+		defer close(policyDone)
+		retry(ctx, log, "rbac bootstrap policy", func() error { return authz.ReconcilePolicy(ctx, client) })
+	}()
+	kcm, err := kubernetes.NewForConfig(identity(loopback, cluster.ControllerManagerCertPEM, cluster.ControllerManagerKeyPEM))
+	if err != nil {
+		log.Error("controllers: client", "err", err)
+		return
+	}
+	schedClient, err := kubernetes.NewForConfig(identity(loopback, cluster.SchedulerCertPEM, cluster.SchedulerKeyPEM))
+	if err != nil {
+		log.Error("controllers: client", "err", err)
+		return
+	}
+	meta, err := metadata.NewForConfig(identity(loopback, cluster.ControllerManagerCertPEM, cluster.ControllerManagerKeyPEM))
 	if err != nil {
 		log.Error("controllers: metadata client", "err", err)
 		return
@@ -272,49 +317,39 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 		log.Error("controllers", "err", err)
 		return
 	}
-	ns, err := controllers.NewNamespace(controllers.NamespaceConfig{Client: client, Metadata: meta, Logger: log})
+	ns, err := controllers.NewNamespace(controllers.NamespaceConfig{Client: kcm, Metadata: meta, Logger: log})
 	if err != nil {
 		log.Error("controllers", "err", err)
 		return
 	}
-	csr, err := controllers.NewCSR(controllers.CSRConfig{Client: client, CA: cluster.CA, SigningDuration: h.cfg.ClusterSigningDuration, Logger: log})
+	csr, err := controllers.NewCSR(controllers.CSRConfig{Client: kcm, CA: cluster.CA, SigningDuration: h.cfg.ClusterSigningDuration, Logger: log})
 	if err != nil {
 		log.Error("controllers", "err", err)
 		return
 	}
-	sas, err := controllers.NewServiceAccounts(controllers.ServiceAccountsConfig{Client: client, CABundle: cluster.CA.CertPEM, Logger: log})
+	sas, err := controllers.NewServiceAccounts(controllers.ServiceAccountsConfig{Client: kcm, CABundle: cluster.CA.CertPEM, Logger: log})
 	if err != nil {
 		log.Error("controllers", "err", err)
 		return
 	}
-	tokens, err := bootstraptoken.NewController(bootstraptoken.ControllerConfig{Client: client, CAPEM: cluster.CA.CertPEM, Logger: log,
+	tokens, err := bootstraptoken.NewController(bootstraptoken.ControllerConfig{Client: kcm, CAPEM: cluster.CA.CertPEM, Logger: log,
 		Server: "https://" + net.JoinHostPort(h.cfg.AdvertiseAddress.String(), strconv.Itoa(port))})
 	if err != nil {
 		log.Error("controllers", "err", err)
 		return
 	}
-	sched, err := controllers.NewScheduler(controllers.SchedulerConfig{Client: client, Logger: log})
+	sched, err := controllers.NewScheduler(controllers.SchedulerConfig{Client: schedClient, Logger: log})
 	if err != nil {
 		log.Error("controllers", "err", err)
 		return
 	}
-	lifecycle, err := controllers.NewNodeLifecycle(controllers.NodeLifecycleConfig{Client: client, Logger: log})
+	lifecycle, err := controllers.NewNodeLifecycle(controllers.NodeLifecycleConfig{Client: kcm, Logger: log})
 	if err != nil {
 		log.Error("controllers", "err", err)
 		return
 	}
 	// First bootstrap pass before declaring the hub ready.
-	for ctx.Err() == nil {
-		err := boot.Reconcile(ctx)
-		if err == nil {
-			break
-		}
-		log.Debug("bootstrap not ready", "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	retry(ctx, log, "bootstrap", func() error { return boot.Reconcile(ctx) })
 	for _, tok := range h.cfg.BootstrapTokens {
 		ttl := h.cfg.BootstrapTokenTTL
 		if ttl == 0 {
@@ -324,10 +359,12 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 			log.Error("bootstrap token", "err", err)
 		}
 	}
-	if err := tokens.Reconcile(ctx); err != nil {
-		log.Warn("cluster-info", "err", err)
-	}
 	h.readyOnce.Do(func() { close(h.ready) })
+	select {
+	case <-policyDone:
+	case <-ctx.Done():
+		return
+	}
 	var wg sync.WaitGroup
 	for _, run := range []func(context.Context) error{boot.Run, ns.Run, csr.Run, sas.Run, tokens.Run, sched.Run, lifecycle.Run} {
 		wg.Add(1)

@@ -21,8 +21,8 @@ import (
 // then resource: TokenReview and SelfSubjectReview (authentication.k8s.io),
 // SubjectAccessReview, SelfSubjectAccessReview and LocalSubjectAccessReview
 // (authorization.k8s.io). tokens may be nil (no token authenticators yet).
-func Reviews(tokens authenticator.Token, authz authorizer.Authorizer, apiAudiences []string) map[schema.GroupVersion]map[string]rest.Storage {
-	return map[schema.GroupVersion]map[string]rest.Storage{
+func Reviews(tokens authenticator.Token, authz authorizer.Authorizer, rules authorizer.RuleResolver, apiAudiences []string) map[schema.GroupVersion]map[string]rest.Storage {
+	out := map[schema.GroupVersion]map[string]rest.Storage{
 		authenticationv1.SchemeGroupVersion: {
 			"tokenreviews":       &tokenReviewREST{tokens: tokens, audiences: apiAudiences},
 			"selfsubjectreviews": &selfSubjectReviewREST{},
@@ -33,6 +33,43 @@ func Reviews(tokens authenticator.Token, authz authorizer.Authorizer, apiAudienc
 			"localsubjectaccessreviews": &localSARREST{authz: authz},
 		},
 	}
+	if rules != nil {
+		out[authorizationv1.SchemeGroupVersion]["selfsubjectrulesreviews"] = &selfRulesREST{rules: rules}
+	}
+	return out
+}
+
+type selfRulesREST struct {
+	createOnly
+	rules authorizer.RuleResolver
+}
+
+func (*selfRulesREST) New() runtime.Object     { return &authorizationv1.SelfSubjectRulesReview{} }
+func (*selfRulesREST) NamespaceScoped() bool   { return false }
+func (*selfRulesREST) GetSingularName() string { return "selfsubjectrulesreview" }
+
+func (r *selfRulesREST) Create(ctx context.Context, obj runtime.Object, _ rest.ValidateObjectFunc, _ *metav1.CreateOptions) (runtime.Object, error) {
+	rr, ok := obj.(*authorizationv1.SelfSubjectRulesReview)
+	if !ok {
+		return nil, apierrors.NewBadRequest(fmt.Sprintf("not a SelfSubjectRulesReview: %T", obj))
+	}
+	u, ok := genericapirequest.UserFrom(ctx)
+	if !ok {
+		return nil, apierrors.NewBadRequest("no user in request context")
+	}
+	res, nonRes, incomplete, err := r.rules.RulesFor(ctx, u, rr.Spec.Namespace)
+	st := authorizationv1.SubjectRulesReviewStatus{Incomplete: incomplete}
+	if err != nil {
+		st.EvaluationError = err.Error()
+	}
+	for _, x := range res {
+		st.ResourceRules = append(st.ResourceRules, authorizationv1.ResourceRule{Verbs: x.GetVerbs(), APIGroups: x.GetAPIGroups(), Resources: x.GetResources(), ResourceNames: x.GetResourceNames()})
+	}
+	for _, x := range nonRes {
+		st.NonResourceRules = append(st.NonResourceRules, authorizationv1.NonResourceRule{Verbs: x.GetVerbs(), NonResourceURLs: x.GetNonResourceURLs()})
+	}
+	rr.Status = st
+	return rr, nil
 }
 
 // createOnly is the shared part of every review storage.
