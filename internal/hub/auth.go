@@ -12,8 +12,8 @@ import (
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
 	authzunion "k8s.io/apiserver/pkg/authorization/union"
-	"k8s.io/client-go/informers"
 	"k8s.io/apiserver/pkg/registry/rest"
+	"k8s.io/client-go/informers"
 
 	"github.com/tether-dev/tether/internal/apiserver"
 	"github.com/tether-dev/tether/internal/apiserver/authn"
