@@ -1,0 +1,400 @@
+package nodeagent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/tether-dev/tether/internal/hub"
+	"github.com/tether-dev/tether/internal/pki"
+)
+
+// testHub starts an in-process hub on loopback and returns an admin client,
+// the hub's CA and data dir.
+func testHub(t *testing.T, ctx context.Context) (*hub.Hub, kubernetes.Interface, *pki.CA, string) {
+	t.Helper()
+	dir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := hub.New(hub.Config{DataDir: dir, Listener: ln, BindAddress: net.IPv4(127, 0, 0, 1), AdvertiseAddress: net.IPv4(127, 0, 0, 1),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- h.Run(hctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("hub did not stop")
+		}
+	})
+	select {
+	case <-h.Ready():
+	case err := <-done:
+		t.Fatalf("hub stopped: %v", err)
+	case <-time.After(90 * time.Second):
+		t.Fatal("hub not ready")
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", h.AdminKubeconfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := kubernetes.NewForConfigOrDie(cfg)
+	certPEM, err := os.ReadFile(filepath.Join(dir, "pki", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, "pki", "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.LoadCA(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, admin, ca, dir
+}
+
+// nodeAuthorized reports whether the hub authorizes node identities on
+// their own (the Node authorizer of issue 4). Until it does, test node
+// certificates also carry system:masters.
+func nodeAuthorized(t *testing.T, ctx context.Context, admin kubernetes.Interface) bool {
+	sar, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+		User: "system:node:probe", Groups: []string{"system:nodes", "system:authenticated"},
+		ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "update", Resource: "leases", Group: "coordination.k8s.io", Namespace: "kube-node-lease", Name: "probe"},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("SAR: %v", err)
+	}
+	return sar.Status.Allowed
+}
+
+// testSigner approves and signs node CSRs with the hub CA until the hub's own
+// signer exists (test code only). extraOrgs are added to client certs.
+func testSigner(ctx context.Context, t *testing.T, admin kubernetes.Interface, ca *pki.CA, extraOrgs []string) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	sctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-tick.C:
+			}
+			list, err := admin.CertificatesV1().CertificateSigningRequests().List(sctx, metav1.ListOptions{})
+			if err != nil {
+				continue
+			}
+			for i := range list.Items {
+				csr := &list.Items[i]
+				if len(csr.Status.Certificate) > 0 {
+					continue
+				}
+				signCSR(sctx, admin, ca, csr, extraOrgs)
+			}
+		}
+	}()
+}
+
+func signCSR(ctx context.Context, admin kubernetes.Interface, ca *pki.CA, csr *certificatesv1.CertificateSigningRequest, extraOrgs []string) {
+	req, err := pki.ParseCSR(csr.Spec.Request)
+	if err != nil {
+		return
+	}
+	approved := false
+	for _, c := range csr.Status.Conditions {
+		approved = approved || c.Type == certificatesv1.CertificateApproved
+	}
+	if !approved {
+		csr.Status.Conditions = append(csr.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{
+			Type: certificatesv1.CertificateApproved, Status: corev1.ConditionTrue, Reason: "TestApprove", Message: "approved by the test signer",
+		})
+		var err error
+		if csr, err = admin.CertificatesV1().CertificateSigningRequests().UpdateApproval(ctx, csr.Name, csr, metav1.UpdateOptions{}); err != nil {
+			return
+		}
+	}
+	spec := pki.CertSpec{CommonName: req.Subject.CommonName, Organization: req.Subject.Organization, DNSNames: req.DNSNames, IPs: req.IPAddresses, Validity: time.Hour}
+	if csr.Spec.ExpirationSeconds != nil {
+		spec.Validity = time.Duration(*csr.Spec.ExpirationSeconds) * time.Second
+	}
+	switch csr.Spec.SignerName {
+	case certificatesv1.KubeAPIServerClientKubeletSignerName:
+		spec.Usages = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		spec.Organization = append(append([]string{}, spec.Organization...), extraOrgs...)
+	case certificatesv1.KubeletServingSignerName:
+		spec.Usages = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	default:
+		return
+	}
+	certPEM, err := ca.SignCSR(csr.Spec.Request, spec)
+	if err != nil {
+		return
+	}
+	csr.Status.Certificate = certPEM
+	_, _ = admin.CertificatesV1().CertificateSigningRequests().UpdateStatus(ctx, csr, metav1.UpdateOptions{})
+}
+
+func nodeKubeconfig(t *testing.T, ca *pki.CA, server, node, path string, orgs ...string) {
+	t.Helper()
+	certPEM, keyPEM, err := ca.Issue(pki.CertSpec{CommonName: "system:node:" + node, Organization: append([]string{"system:nodes"}, orgs...),
+		Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Validity: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WriteKubeconfig(path, pki.Kubeconfig{Server: server, CAPEM: ca.CertPEM, UserName: node, CertPEM: certPEM, KeyPEM: keyPEM}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// eventually polls f every 50ms until it returns nil or d passes.
+func eventually(t *testing.T, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = f(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: not done after %s: %v", what, d, err)
+}
+
+func tlsClient(t *testing.T, ca *pki.CA, certFile, keyFile string, certs ...tls.Certificate) *http.Client {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	cfg := &tls.Config{RootCAs: pool, Certificates: certs, MinVersion: tls.VersionTLS12}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 30 * time.Second}
+}
+
+func TestAgentEndToEnd(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	h, admin, ca, hubDir := testHub(t, ctx)
+	var extra []string
+	if !nodeAuthorized(t, ctx, admin) {
+		t.Log("hub has no Node authorizer yet: test node certificates also carry system:masters")
+		extra = []string{"system:masters"}
+	}
+	testSigner(ctx, t, admin, ca, extra)
+
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "provisioned.kubeconfig")
+	nodeKubeconfig(t, ca, h.Server(), "n1", kc, extra...)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := New(Config{
+		Server: h.Server(), NodeName: "n1", DataDir: filepath.Join(dir, "agent"), Kubeconfig: kc,
+		NodeIP: net.IPv4(127, 0, 0, 1), KubeletListener: ln, LeaseRenewInterval: time.Second,
+		BackoffBase: 100 * time.Millisecond, StopPodsOnExit: true,
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, stopAgent := context.WithCancel(ctx)
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- agent.Run(actx) }()
+	defer func() {
+		stopAgent()
+		select {
+		case err := <-agentDone:
+			if err != nil {
+				t.Errorf("agent: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("agent did not stop")
+		}
+	}()
+	select {
+	case <-agent.Ready():
+	case err := <-agentDone:
+		t.Fatalf("agent stopped: %v", err)
+	case <-ctx.Done():
+		t.Fatal("agent not ready")
+	}
+
+	// Node registered and Ready, lease renewed.
+	eventually(t, 30*time.Second, "node Ready", func() error {
+		n, err := admin.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				if n.Status.DaemonEndpoints.KubeletEndpoint.Port != int32(ln.Addr().(*net.TCPAddr).Port) {
+					return fmt.Errorf("kubelet port %d", n.Status.DaemonEndpoints.KubeletEndpoint.Port)
+				}
+				if n.Status.NodeInfo.KubeletVersion == "" {
+					return errors.New("no kubeletVersion")
+				}
+				return nil
+			}
+		}
+		return errors.New("not Ready")
+	})
+	eventually(t, 30*time.Second, "lease", func() error {
+		_, err := admin.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, "n1", metav1.GetOptions{})
+		return err
+	})
+	if st, err := os.Stat(agent.NodeKubeconfig()); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("node kubeconfig: %v %v", st, err)
+	}
+
+	// A process pod runs.
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p1", Namespace: "default"},
+		Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{
+			Name: "c", Image: "busybox", Command: []string{"/bin/sh", "-c", `echo "hello from $POD_NAME"; echo oops >&2; exec sleep 300`},
+			Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+		}}},
+	}
+	start := time.Now()
+	if _, err := admin.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "pod Running", func() error {
+		p, err := admin.CoreV1().Pods("default").Get(ctx, "p1", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Status.Phase != corev1.PodRunning || len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].State.Running == nil {
+			return fmt.Errorf("phase %s %+v", p.Status.Phase, p.Status.ContainerStatuses)
+		}
+		return nil
+	})
+	t.Logf("pod create → Running: %s", time.Since(start))
+
+	// Kubelet API with the hub's kubelet-client identity.
+	base := "https://" + ln.Addr().String()
+	hubClient := tlsClient(t, ca, filepath.Join(hubDir, "pki", "kubelet-client.crt"), filepath.Join(hubDir, "pki", "kubelet-client.key"))
+	eventually(t, 60*time.Second, "logs via kubelet API", func() error {
+		resp, err := hubClient.Get(base + "/containerLogs/default/p1/c?timestamps=false")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from p1") || !strings.Contains(string(body), "oops") {
+			return fmt.Errorf("%d %q", resp.StatusCode, body)
+		}
+		return nil
+	})
+	for _, tc := range []struct {
+		path string
+		code int
+	}{
+		{"/healthz", 200},
+		{"/pods", 200},
+		{"/containerLogs/default/p1/c?tailLines=1", 200},
+		{"/containerLogs/default/p1/c?tailLines=x", 400},
+		{"/containerLogs/default/p1/c?limitBytes=-1", 400},
+		{"/containerLogs/default/p1/nope", 404},
+		{"/containerLogs/default/nope/c", 404},
+		{"/metrics", 200},
+		{"/nonsense", 404},
+	} {
+		resp, err := hubClient.Get(base + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Errorf("GET %s: %d, want %d: %s", tc.path, resp.StatusCode, tc.code, body)
+		}
+	}
+
+	// No client certificate: 401; another node's certificate: 403.
+	anon := tlsClient(t, ca, "", "")
+	resp, err := anon.Get(base + "/containerLogs/default/p1/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("no cert: %d, want 401", resp.StatusCode)
+	}
+	otherPEM, otherKey, err := ca.Issue(pki.CertSpec{CommonName: "system:node:n2", Organization: []string{"system:nodes"}, Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(otherPEM, otherKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := tlsClient(t, ca, "", "", pair)
+	for _, p := range []string{"/containerLogs/default/p1/c", "/pods", "/metrics", "/healthz"} {
+		resp, err = other.Get(base + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("other node %s: %d, want 403", p, resp.StatusCode)
+		}
+	}
+
+	// Graceful deletion ends with the agent's grace-0 delete.
+	if err := admin.CoreV1().Pods("default").Delete(ctx, "p1", metav1.DeleteOptions{GracePeriodSeconds: ptrInt64(5)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "pod deleted", func() error {
+		_, err := admin.CoreV1().Pods("default").Get(ctx, "p1", metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there: %v", err)
+	})
+}
+
+func ptrInt64(v int64) *int64 { return &v }
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,288 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
+	utilexec "k8s.io/utils/exec"
+)
+
+// splitName splits the "namespace/name" pod names the streaming handlers use.
+func splitName(full string) (string, string, error) {
+	ns, name, ok := strings.Cut(full, "/")
+	if !ok || ns == "" || name == "" {
+		return "", "", fmt.Errorf("pod name %q must be namespace/name", full)
+	}
+	return ns, name, nil
+}
+
+func (r *Runtime) container(ns, name, uid, cname string) (*container, error) {
+	w := r.find(ns, name, uid)
+	if w == nil {
+		return nil, fmt.Errorf("pod %s/%s: %w", ns, name, ErrNotFound)
+	}
+	for _, c := range append(append([]*container{}, w.mains...), w.inits...) {
+		if c.spec.Name == cname {
+			return c, nil
+		}
+	}
+	if cname == "" && len(w.mains) == 1 {
+		return w.mains[0], nil
+	}
+	return nil, fmt.Errorf("container %q in pod %s/%s: %w", cname, ns, name, ErrNotFound)
+}
+
+// Logs writes a container's log per opts to w.
+func (r *Runtime) Logs(ctx context.Context, ns, name, cname string, opts LogOptions, out io.Writer) error {
+	c, err := r.container(ns, name, "", cname)
+	if err != nil {
+		return err
+	}
+	c.w.mu.Lock()
+	restarts := c.restartCount
+	sink := c.sink
+	var ended <-chan struct{}
+	if c.proc != nil {
+		ended = c.proc.done
+	}
+	c.w.mu.Unlock()
+	if opts.Previous {
+		if restarts == 0 {
+			return fmt.Errorf("previous terminated container %q in pod %q: %w", cname, name, ErrNotFound)
+		}
+		restarts--
+		sink, ended = nil, nil
+		opts.Follow = false
+	}
+	path := c.logPath(restarts)
+	files := []string{path + ".1", path}
+	if ended == nil {
+		closed := make(chan struct{})
+		close(closed)
+		ended = closed
+	}
+	return readLogs(ctx, files, opts, out, sink, ended)
+}
+
+func (r *Runtime) execEnv(c *container) ([]string, string, error) {
+	w := c.w
+	w.mu.Lock()
+	pod := w.pod.DeepCopy()
+	extra := w.extraEnv
+	w.mu.Unlock()
+	env, err := containerEnv(pod, &c.spec, r.cfg.HostIP, append(r.envFor(pod), extra...))
+	if err != nil {
+		return nil, "", err
+	}
+	dir := c.spec.WorkingDir
+	if dir == "" {
+		dir = "/"
+	}
+	return envList(env), dir, nil
+}
+
+// ExecInContainer runs cmd with the container's environment and working
+// directory (remotecommand.Executor).
+func (r *Runtime) ExecInContainer(ctx context.Context, podName, uid, cname string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommand.TerminalSize, timeout time.Duration) error {
+	ns, name, err := splitName(podName)
+	if err != nil {
+		return err
+	}
+	c, err := r.container(ns, name, uid, cname)
+	if err != nil {
+		return err
+	}
+	if len(cmd) == 0 {
+		return errors.New("exec needs a command")
+	}
+	env, dir, err := r.execEnv(c)
+	if err != nil {
+		return err
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	envMap := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		envMap[k] = v
+	}
+	path, err := lookPath(cmd[0], envMap)
+	if err != nil {
+		return err
+	}
+	command := exec.CommandContext(ctx, path, cmd[1:]...)
+	command.Env, command.Dir = env, dir
+	command.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if tty {
+		return runWithTTY(command, in, out, resize)
+	}
+	command.Stdin, command.Stdout, command.Stderr = in, out, errw
+	return exitError(command.Run())
+}
+
+func exitError(err error) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return &utilexec.ExitErrorWrapper{ExitError: ee}
+	}
+	return err
+}
+
+// runWithTTY runs command on a new pseudo-terminal.
+func runWithTTY(command *exec.Cmd, in io.Reader, out io.Writer, resize <-chan remotecommand.TerminalSize) error {
+	ptmx, tty, err := openPTY()
+	if err != nil {
+		return err
+	}
+	defer ptmx.Close()
+	command.Stdin, command.Stdout, command.Stderr = tty, tty, tty
+	command.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	if err := command.Start(); err != nil {
+		tty.Close()
+		return err
+	}
+	tty.Close()
+	go func() {
+		for size := range resize {
+			ws := &unix.Winsize{Row: size.Height, Col: size.Width}
+			_ = unix.IoctlSetWinsize(int(ptmx.Fd()), unix.TIOCSWINSZ, ws)
+		}
+	}()
+	if in != nil {
+		go func() { _, _ = io.Copy(ptmx, in) }()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.Copy(out, ptmx)
+	}()
+	err = command.Wait()
+	_ = ptmx.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	<-done
+	return exitError(err)
+}
+
+func openPTY() (*os.File, *os.File, error) {
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open pty: %w", err)
+	}
+	var unlock int32
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, ptmx.Fd(), syscall.TIOCSPTLCK, uintptr(unsafe.Pointer(&unlock))); e != 0 {
+		ptmx.Close()
+		return nil, nil, fmt.Errorf("unlock pty: %w", e)
+	}
+	n, err := unix.IoctlGetInt(int(ptmx.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		ptmx.Close()
+		return nil, nil, fmt.Errorf("pty number: %w", err)
+	}
+	tty, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		ptmx.Close()
+		return nil, nil, fmt.Errorf("open tty: %w", err)
+	}
+	return ptmx, tty, nil
+}
+
+// AttachContainer streams the container's output from now on
+// (remotecommand.Attacher). Process containers have no attachable stdin.
+func (r *Runtime) AttachContainer(ctx context.Context, podName, uid, cname string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommand.TerminalSize) error {
+	ns, name, err := splitName(podName)
+	if err != nil {
+		return err
+	}
+	c, err := r.container(ns, name, uid, cname)
+	if err != nil {
+		return err
+	}
+	c.w.mu.Lock()
+	sink, p := c.sink, c.proc
+	c.w.mu.Unlock()
+	if sink == nil || p == nil {
+		return fmt.Errorf("container %q is not running", cname)
+	}
+	sub := &subscriber{}
+	if out != nil {
+		sub.out = out
+	}
+	if errw != nil {
+		sub.err = errw
+	} else {
+		sub.err = sub.out
+	}
+	unsubscribe := sink.subscribe(sub)
+	defer unsubscribe()
+	select {
+	case <-ctx.Done():
+	case <-p.done:
+	}
+	return nil
+}
+
+// PortForward connects stream to port on the pod's network (the host's
+// loopback with host networking) (portforward.PortForwarder).
+func (r *Runtime) PortForward(ctx context.Context, podName, uid string, port int32, stream io.ReadWriteCloser) error {
+	ns, name, err := splitName(podName)
+	if err != nil {
+		return err
+	}
+	if r.find(ns, name, uid) == nil {
+		return fmt.Errorf("pod %s: %w", podName, ErrNotFound)
+	}
+	if port <= 0 || port > 65535 {
+		return fmt.Errorf("invalid port %d", port)
+	}
+	defer stream.Close()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+	if err != nil {
+		return fmt.Errorf("port-forward to %s port %d: %w", podName, port, err)
+	}
+	defer conn.Close()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(conn, stream); closeWrite(conn); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(stream, conn); done <- struct{}{} }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+func closeWrite(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
+}
+
+// stateDirs lists pod state directories (for adoption).
+func (r *Runtime) stateDirs() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(r.cfg.Dir, "pods"))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if e.IsDir() {
+			out = append(out, filepath.Join(r.cfg.Dir, "pods", e.Name()))
+		}
+	}
+	return out, nil
+}
