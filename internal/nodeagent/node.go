@@ -4,11 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"syscall"
 	"os"
 	goruntime "runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -244,7 +244,6 @@ func osImage() string {
 	}
 	return goruntime.GOOS
 }
-
 
 func diskTotal(dir string) int64 {
 	var st syscall.Statfs_t

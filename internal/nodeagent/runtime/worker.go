@@ -67,12 +67,12 @@ type container struct {
 
 // containerState is persisted so a restarted agent can adopt processes.
 type containerState struct {
-	Pid          int                                `json:"pid"`
-	StartTicks   uint64                             `json:"startTicks"`
-	StartedAt    time.Time                          `json:"startedAt"`
-	RestartCount int32                              `json:"restartCount"`
-	LastTerm     *corev1.ContainerStateTerminated   `json:"lastTerm,omitempty"`
-	Term         *corev1.ContainerStateTerminated   `json:"term,omitempty"`
+	Pid          int                              `json:"pid"`
+	StartTicks   uint64                           `json:"startTicks"`
+	StartedAt    time.Time                        `json:"startedAt"`
+	RestartCount int32                            `json:"restartCount"`
+	LastTerm     *corev1.ContainerStateTerminated `json:"lastTerm,omitempty"`
+	Term         *corev1.ContainerStateTerminated `json:"term,omitempty"`
 }
 
 func newPodWorker(r *Runtime, pod *corev1.Pod) *podWorker {
