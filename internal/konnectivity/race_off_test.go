@@ -1,0 +1,5 @@
+//go:build !race
+
+package konnectivity_test
+
+const raceEnabled = false
