@@ -54,25 +54,37 @@ func (e *escalationCheck) Validate(ctx context.Context, a admission.Attributes, 
 	var err error
 	switch obj := a.GetObject().(type) {
 	case *rbacv1.Role:
-		if old, ok := a.GetOldObject().(*rbacv1.Role); ok && onlyGCFieldsChanged(&obj.ObjectMeta, &old.ObjectMeta) && equality.Semantic.DeepEqual(obj.Rules, old.Rules) {
+		if obj == nil {
+			return admission.NewForbidden(a, errors.New("nil object"))
+		}
+		if old, ok := a.GetOldObject().(*rbacv1.Role); ok && old != nil && onlyGCFieldsChanged(&obj.ObjectMeta, &old.ObjectMeta) && equality.Semantic.DeepEqual(obj.Rules, old.Rules) {
 			return nil
 		}
 		err = e.checkRole(ctx, a, u, "roles", nsOf(obj.Namespace, a), obj.Name, obj.Rules, false)
 	case *rbacv1.ClusterRole:
-		if old, ok := a.GetOldObject().(*rbacv1.ClusterRole); ok && onlyGCFieldsChanged(&obj.ObjectMeta, &old.ObjectMeta) &&
+		if obj == nil {
+			return admission.NewForbidden(a, errors.New("nil object"))
+		}
+		if old, ok := a.GetOldObject().(*rbacv1.ClusterRole); ok && old != nil && onlyGCFieldsChanged(&obj.ObjectMeta, &old.ObjectMeta) &&
 			equality.Semantic.DeepEqual(obj.Rules, old.Rules) && equality.Semantic.DeepEqual(obj.AggregationRule, old.AggregationRule) {
 			return nil
 		}
 		hasAgg := obj.AggregationRule != nil && len(obj.AggregationRule.ClusterRoleSelectors) > 0
 		err = e.checkRole(ctx, a, u, "clusterroles", "", obj.Name, obj.Rules, hasAgg)
 	case *rbacv1.RoleBinding:
-		if old, ok := a.GetOldObject().(*rbacv1.RoleBinding); ok && onlyGCFieldsChanged(&obj.ObjectMeta, &old.ObjectMeta) &&
+		if obj == nil {
+			return admission.NewForbidden(a, errors.New("nil object"))
+		}
+		if old, ok := a.GetOldObject().(*rbacv1.RoleBinding); ok && old != nil && onlyGCFieldsChanged(&obj.ObjectMeta, &old.ObjectMeta) &&
 			obj.RoleRef == old.RoleRef && equality.Semantic.DeepEqual(obj.Subjects, old.Subjects) {
 			return nil
 		}
 		err = e.checkBinding(ctx, u, obj.RoleRef, nsOf(obj.Namespace, a))
 	case *rbacv1.ClusterRoleBinding:
-		if old, ok := a.GetOldObject().(*rbacv1.ClusterRoleBinding); ok && onlyGCFieldsChanged(&obj.ObjectMeta, &old.ObjectMeta) &&
+		if obj == nil {
+			return admission.NewForbidden(a, errors.New("nil object"))
+		}
+		if old, ok := a.GetOldObject().(*rbacv1.ClusterRoleBinding); ok && old != nil && onlyGCFieldsChanged(&obj.ObjectMeta, &old.ObjectMeta) &&
 			obj.RoleRef == old.RoleRef && equality.Semantic.DeepEqual(obj.Subjects, old.Subjects) {
 			return nil
 		}
@@ -219,4 +231,3 @@ func writeRule(w io.Writer, r *rbacv1.PolicyRule) {
 	parts = append(parts, fmt.Sprintf("Verbs:%q", r.Verbs))
 	fmt.Fprintf(w, "\n{%s}", strings.Join(parts, ", "))
 }
-

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -18,12 +19,12 @@ import (
 )
 
 const (
-	mirrorPodAnnotation    = "kubernetes.io/config.mirror"
-	nodeRestrictionPrefix  = "node-restriction.kubernetes.io/"
-	kubernetesLabelDomain  = "kubernetes.io"
-	k8sLabelDomain         = "k8s.io"
-	kubeletLabelNamespace  = "kubelet.kubernetes.io"
-	nodeLabelNamespace     = "node.kubernetes.io"
+	mirrorPodAnnotation   = "kubernetes.io/config.mirror"
+	nodeRestrictionPrefix = "node-restriction.kubernetes.io/"
+	kubernetesLabelDomain = "kubernetes.io"
+	k8sLabelDomain        = "k8s.io"
+	kubeletLabelNamespace = "kubelet.kubernetes.io"
+	nodeLabelNamespace    = "node.kubernetes.io"
 )
 
 // nodeRestriction limits what node identities may write: their own Node
@@ -92,7 +93,14 @@ func objectName(a admission.Attributes) string {
 	if n := a.GetName(); n != "" {
 		return n
 	}
-	if m, ok := a.GetObject().(interface{ GetName() string }); ok && a.GetObject() != nil {
+	obj := a.GetObject()
+	if obj == nil {
+		return ""
+	}
+	if v := reflect.ValueOf(obj); v.Kind() == reflect.Pointer && v.IsNil() {
+		return ""
+	}
+	if m, ok := obj.(interface{ GetName() string }); ok {
 		return m.GetName()
 	}
 	return ""
@@ -104,7 +112,7 @@ func (p *nodeRestriction) admitPod(node string, a admission.Attributes) error {
 		switch a.GetOperation() {
 		case admission.Create:
 			pod, ok := a.GetObject().(*corev1.Pod)
-			if !ok {
+			if !ok || pod == nil {
 				return fmt.Errorf("unexpected object %T", a.GetObject())
 			}
 			return admitMirrorPod(node, pod)
@@ -124,13 +132,13 @@ func (p *nodeRestriction) admitPod(node string, a admission.Attributes) error {
 			return fmt.Errorf("unexpected operation %s on pods/status", a.GetOperation())
 		}
 		old, ok := a.GetOldObject().(*corev1.Pod)
-		if !ok {
+		if !ok || old == nil {
 			return fmt.Errorf("unexpected old object %T", a.GetOldObject())
 		}
 		if old.Spec.NodeName != node {
 			return fmt.Errorf("node %q can only update the status of pods bound to itself", node)
 		}
-		if pod, ok := a.GetObject().(*corev1.Pod); ok && pod.Spec.NodeName != old.Spec.NodeName {
+		if pod, ok := a.GetObject().(*corev1.Pod); ok && pod != nil && pod.Spec.NodeName != old.Spec.NodeName {
 			return errors.New("node may not change spec.nodeName")
 		}
 		return nil
@@ -139,7 +147,7 @@ func (p *nodeRestriction) admitPod(node string, a admission.Attributes) error {
 			return fmt.Errorf("unexpected operation %s on pods/eviction", a.GetOperation())
 		}
 		name := a.GetName()
-		if ev, ok := a.GetObject().(*policyv1.Eviction); ok && name == "" {
+		if ev, ok := a.GetObject().(*policyv1.Eviction); ok && ev != nil && name == "" {
 			name = ev.Name
 		}
 		pod, err := p.getPod(a.GetNamespace(), name)
@@ -207,7 +215,7 @@ func (p *nodeRestriction) admitToken(node string, a admission.Attributes) error 
 		return nil
 	}
 	tr, ok := a.GetObject().(*authenticationv1.TokenRequest)
-	if !ok {
+	if !ok || tr == nil {
 		return fmt.Errorf("unexpected object %T", a.GetObject())
 	}
 	ref := tr.Spec.BoundObjectRef
@@ -249,7 +257,7 @@ func admitNode(node string, a admission.Attributes) error {
 	switch a.GetOperation() {
 	case admission.Create:
 		n, ok := a.GetObject().(*corev1.Node)
-		if !ok {
+		if !ok || n == nil {
 			return fmt.Errorf("unexpected object %T", a.GetObject())
 		}
 		if n.Spec.ConfigSource != nil {
@@ -263,11 +271,11 @@ func admitNode(node string, a admission.Attributes) error {
 		}
 	case admission.Update:
 		n, ok := a.GetObject().(*corev1.Node)
-		if !ok {
+		if !ok || n == nil {
 			return fmt.Errorf("unexpected object %T", a.GetObject())
 		}
 		old, ok := a.GetOldObject().(*corev1.Node)
-		if !ok {
+		if !ok || old == nil {
 			return fmt.Errorf("unexpected old object %T", a.GetOldObject())
 		}
 		if n.Spec.PodCIDR != old.Spec.PodCIDR || !equality.Semantic.DeepEqual(n.Spec.PodCIDRs, old.Spec.PodCIDRs) {
