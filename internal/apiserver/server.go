@@ -186,6 +186,9 @@ func New(cfg Config) (srv *Server, err error) {
 	gc := genericapiserver.NewRecommendedConfig(codecs)
 	gc.EffectiveVersion = effectiveVersion{compatibility.NewEffectiveVersionFromString(version.Libraries, "", "")}
 	gc.MaxRequestBodyBytes = 3 << 20
+	gc.BuildHandlerChainFunc = func(h http.Handler, c *genericapiserver.Config) http.Handler {
+		return genericapiserver.DefaultBuildHandlerChain(withPathChecks(h, c.Serializer), c)
+	}
 
 	ln := cfg.Listener
 	if ln == nil {

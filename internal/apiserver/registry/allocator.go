@@ -82,23 +82,31 @@ func (a *Allocator) Contains(v string) bool {
 
 // Allocate reserves v for owner; ErrAllocated if someone else holds it.
 func (a *Allocator) Allocate(ctx context.Context, v, owner string) error {
+	_, err := a.allocate(ctx, v, owner)
+	return err
+}
+
+// allocate is Allocate that also reports whether this call took v (true)
+// or owner already held it (false). Only values a call took may be
+// released when the operation that asked for them fails.
+func (a *Allocator) allocate(ctx context.Context, v, owner string) (fresh bool, err error) {
 	if !a.Contains(v) {
-		return fmt.Errorf("%s is not in the allocator's range", v)
+		return false, fmt.Errorf("%s is not in the allocator's range", v)
 	}
 	key := a.prefix + v
 	resp, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, owner)).Else(clientv3.OpGet(key)).Commit()
 	if err != nil {
-		return fmt.Errorf("allocator: %w", err)
+		return false, fmt.Errorf("allocator: %w", err)
 	}
 	if !resp.Succeeded {
 		kvs := resp.Responses[0].GetResponseRange().GetKvs()
 		if len(kvs) == 1 && string(kvs[0].Value) == owner {
-			return nil
+			return false, nil
 		}
-		return ErrAllocated
+		return false, ErrAllocated
 	}
-	return nil
+	return true, nil
 }
 
 // AllocateNext reserves a free value for owner, starting at a random offset.

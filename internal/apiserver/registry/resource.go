@@ -44,7 +44,7 @@ func (r Resource) Store(typer runtime.ObjectTyper, opts generic.RESTOptionsGette
 		ResetFieldsStrategy:       s,
 		TableConvertor:            r.Table,
 	}
-	if err := store.CompleteWithOptions(&generic.StoreOptions{RESTOptions: opts, AttrFunc: attrs}); err != nil {
+	if err := store.CompleteWithOptions(&generic.StoreOptions{RESTOptions: watchFallbackOptions{opts}, AttrFunc: attrs}); err != nil {
 		return nil, fmt.Errorf("registry %s: %w", gr, err)
 	}
 	return store, nil

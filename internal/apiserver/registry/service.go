@@ -72,12 +72,17 @@ func (r *ServiceREST) allocate(ctx context.Context, svc *corev1.Service, dryRun 
 				return ips, ports, fail(ipPath, svc.Spec.ClusterIP, "provided IP is already allocated")
 			}
 		default:
-			if err := r.IPs.Allocate(ctx, svc.Spec.ClusterIP, who); errors.Is(err, ErrAllocated) {
+			fresh, err := r.IPs.allocate(ctx, svc.Spec.ClusterIP, who)
+			if errors.Is(err, ErrAllocated) {
 				return ips, ports, fail(ipPath, svc.Spec.ClusterIP, "provided IP is already allocated")
 			} else if err != nil {
 				return ips, ports, apierrors.NewInternalError(err)
 			}
-			ips = append(ips, svc.Spec.ClusterIP)
+			// An IP this owner already held (a retried create of an
+			// existing service) is not this call's to release.
+			if fresh {
+				ips = append(ips, svc.Spec.ClusterIP)
+			}
 		}
 		if svc.Spec.ClusterIP != "" {
 			svc.Spec.ClusterIPs = []string{svc.Spec.ClusterIP}
@@ -106,10 +111,13 @@ func (r *ServiceREST) allocate(ctx context.Context, svc *corev1.Service, dryRun 
 			if !r.NodePorts.Contains(v) {
 				return ips, ports, fail(path, p.NodePort, "provided port is not in the valid range")
 			}
-			if err := r.NodePorts.Allocate(ctx, v, who); err != nil {
+			fresh, err := r.NodePorts.allocate(ctx, v, who)
+			if err != nil {
 				return ips, ports, fail(path, p.NodePort, "provided port is already allocated")
 			}
-			ports = append(ports, v)
+			if fresh {
+				ports = append(ports, v)
+			}
 		}
 	}
 	return ips, ports, nil

@@ -29,6 +29,9 @@ func Special(stores map[string]*genericregistry.Store, statuses map[string]*gene
 		out["namespaces/finalize"] = NewNamespaceFinalizeREST(s)
 	}
 	if s := stores["services"]; s != nil && deps.ServiceIPs != nil {
+		// As in Kubernetes, deleting a service returns it; ServiceREST
+		// needs it to release its cluster IP and node ports.
+		s.ReturnDeletedObject = true
 		out["services"] = &ServiceREST{Store: s, IPs: deps.ServiceIPs, NodePorts: deps.NodePorts}
 	}
 	if s := stores["pods"]; s != nil {
