@@ -49,7 +49,7 @@ const (
 )
 
 // MaxDataChunk is the largest DATA payload tether peers put in one packet.
-const MaxDataChunk = 64 << 10
+const MaxDataChunk = 256 << 10
 
 // MaxMessageSize bounds a received gRPC message; a peer sending more is a
 // protocol error on that stream only.
