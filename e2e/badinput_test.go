@@ -195,7 +195,7 @@ func TestUnauthenticated(t *testing.T) {
 	}
 	foreign := foreignClientCert(t)
 	clients := map[string]*http.Client{
-		"no credentials":           tlsTo(),
+		"no credentials":            tlsTo(),
 		"certificate of another CA": tlsTo(foreign),
 	}
 	for name, c := range clients {

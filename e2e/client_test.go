@@ -610,4 +610,3 @@ func TestWatchResumesAfterRestart(t *testing.T) {
 		t.Errorf("watch from resourceVersion %s after restart replayed %v", lastRV, seen)
 	}
 }
-
