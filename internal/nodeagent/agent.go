@@ -484,13 +484,11 @@ func retry(ctx context.Context, log *slog.Logger, what string, f func() error) e
 	}
 }
 
-// servingNames are the serving certificate's SANs: hostname and node IPs.
+// servingNames are the serving certificate's SANs: exactly the Node's
+// Hostname and InternalIP addresses, so the hub can verify every SAN
+// against the Node object before approving.
 func (a *Agent) servingNames() ([]string, []net.IP) {
-	names := []string{a.cfg.NodeName}
-	if hn, err := os.Hostname(); err == nil && hn != a.cfg.NodeName {
-		names = append(names, hn)
-	}
-	return names, []net.IP{a.cfg.NodeIP}
+	return []string{a.cfg.NodeName}, []net.IP{a.cfg.NodeIP}
 }
 
 func defaultNodeIP() net.IP {

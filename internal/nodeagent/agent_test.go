@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/tether-dev/tether/internal/bootstraptoken"
 	"github.com/tether-dev/tether/internal/hub"
 	"github.com/tether-dev/tether/internal/pki"
 )
@@ -98,6 +99,12 @@ func nodeAuthorized(t *testing.T, ctx context.Context, admin kubernetes.Interfac
 // testSigner approves and signs node CSRs with the hub CA until the hub's own
 // signer exists (test code only). extraOrgs are added to client certs.
 func testSigner(ctx context.Context, t *testing.T, admin kubernetes.Interface, ca *pki.CA, extraOrgs []string) {
+	testSignerAfter(ctx, t, admin, ca, extraOrgs, 0)
+}
+
+// testSignerAfter signs only CSRs pending for longer than minAge, as a
+// fallback behind the hub's own approver and signer.
+func testSignerAfter(ctx context.Context, t *testing.T, admin kubernetes.Interface, ca *pki.CA, extraOrgs []string, minAge time.Duration) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	sctx, cancel := context.WithCancel(ctx)
@@ -118,8 +125,11 @@ func testSigner(ctx context.Context, t *testing.T, admin kubernetes.Interface, c
 			}
 			for i := range list.Items {
 				csr := &list.Items[i]
-				if len(csr.Status.Certificate) > 0 {
+				if len(csr.Status.Certificate) > 0 || time.Since(csr.CreationTimestamp.Time) < minAge {
 					continue
+				}
+				if minAge > 0 {
+					t.Logf("test signer: CSR %s (user %q) still pending after %s, signing it", csr.Name, csr.Spec.Username, minAge)
 				}
 				signCSR(sctx, admin, ca, csr, extraOrgs)
 			}
@@ -397,4 +407,128 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// startAgent runs an agent until the test ends.
+func startAgent(t *testing.T, ctx context.Context, cfg Config) *Agent {
+	t.Helper()
+	return startAgentOr(t, ctx, cfg, func() {})
+}
+
+// startAgentOr calls onTimeout if the agent is not ready within 60s.
+func startAgentOr(t *testing.T, ctx context.Context, cfg Config, onTimeout func()) *Agent {
+	t.Helper()
+	if cfg.KubeletListener == nil {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.KubeletListener = ln
+	}
+	if cfg.NodeIP == nil {
+		cfg.NodeIP = net.IPv4(127, 0, 0, 1)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	cfg.StopPodsOnExit = true
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(actx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("agent: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("agent did not stop")
+		}
+	})
+	select {
+	case <-a.Ready():
+	case err := <-done:
+		t.Fatalf("agent stopped: %v", err)
+	case <-time.After(60 * time.Second):
+		onTimeout()
+		t.Fatal("agent not ready")
+	}
+	return a
+}
+
+func TestAgentJoinsWithBootstrapToken(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	h, admin, ca, _ := testHub(t, ctx)
+	tok := "abcdef.0123456789abcdef"
+	if _, err := bootstraptoken.Create(ctx, admin, bootstraptoken.Options{Token: tok, TTL: time.Hour}); err != nil {
+		t.Fatalf("create bootstrap token: %v", err)
+	}
+	dir := t.TempDir()
+	// A wrong pin never gets as far as sending the token.
+	bad, err := New(Config{Server: h.Server(), NodeName: "n1", DataDir: filepath.Join(dir, "bad"), Token: tok,
+		CACertHash: "sha256:" + strings.Repeat("0", 64), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bctx, bcancel := context.WithTimeout(ctx, 20*time.Second)
+	err = bad.Run(bctx)
+	bcancel()
+	if err == nil || !strings.Contains(err.Error(), "CA") {
+		t.Fatalf("wrong CA hash: err = %v, want a CA pin failure", err)
+	}
+
+	cfg := Config{Server: h.Server(), NodeName: "n1", DataDir: filepath.Join(dir, "agent"), Token: tok, CACertHash: pki.CAHash(ca.Cert)}
+	// Fallback until the hub's approver handles this CSR by itself.
+	testSignerAfter(ctx, t, admin, ca, nil, 5*time.Second)
+	a := startAgentOr(t, ctx, cfg, func() {
+		list, _ := admin.CertificatesV1().CertificateSigningRequests().List(context.Background(), metav1.ListOptions{})
+		for _, c := range list.Items {
+			t.Logf("CSR %s signer=%s user=%s groups=%v usages=%v conditions=%+v cert=%d", c.Name, c.Spec.SignerName, c.Spec.Username, c.Spec.Groups, c.Spec.Usages, c.Status.Conditions, len(c.Status.Certificate))
+		}
+	})
+	eventually(t, 60*time.Second, "node Ready", func() error { return nodeReady(ctx, admin, "n1") })
+	// The node now authenticates as itself with its own certificate.
+	pair, err := tls.LoadX509KeyPair(filepath.Join(cfg.DataDir, "pki", "kubelet-client-current.pem"), filepath.Join(cfg.DataDir, "pki", "kubelet-client-current.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf.Subject.CommonName != "system:node:n1" {
+		t.Fatalf("client cert CN %q", leaf.Subject.CommonName)
+	}
+	// Serving certificate issued through a kubelet-serving CSR.
+	hubClient := tlsClient(t, ca, "", "")
+	eventually(t, 60*time.Second, "serving cert", func() error {
+		resp, err := hubClient.Get("https://" + a.KubeletAddr().String() + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
+}
+
+func nodeReady(ctx context.Context, admin kubernetes.Interface, name string) error {
+	n, err := admin.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+			return nil
+		}
+	}
+	return errors.New("not Ready")
 }
