@@ -1,0 +1,70 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tether-dev/tether/internal/nodeagent"
+)
+
+// newAgentCmd is `tether agent`: the node agent (kubelet-compatible API,
+// process pods, TLS bootstrapping, Node registration and Lease).
+func newAgentCmd() *cobra.Command {
+	var (
+		cfg            nodeagent.Config
+		nodeIP         string
+		verbose        bool
+		certLifetime   time.Duration
+		kubeletAddress string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run a node: join the hub (bootstrap token or client credentials), run pods, serve the kubelet API",
+		Example: `  # join with a bootstrap token (print one with 'tether token create' on the hub)
+  tether agent --server https://hub:6443 --token abcdef.0123456789abcdef \
+    --ca-cert-hash sha256:<hash> --node-name node1 --data-dir /var/lib/tether-agent
+
+  # join with provisioned client credentials (CN=system:node:node1, O=system:nodes)
+  tether agent --kubeconfig node1.kubeconfig --node-name node1 --data-dir /var/lib/tether-agent`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.DataDir == "" {
+				return errors.New("--data-dir is required")
+			}
+			if nodeIP != "" {
+				if cfg.NodeIP = net.ParseIP(nodeIP); cfg.NodeIP == nil {
+					return fmt.Errorf("--node-ip %q is not an IP address", nodeIP)
+				}
+			}
+			cfg.CertificateLifetime = certLifetime
+			cfg.KubeletAddress = kubeletAddress
+			cfg.Logger = newLogger(verbose)
+			a, err := nodeagent.New(cfg)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&cfg.Server, "server", "", "hub URL, https://HOST:PORT (default: the server of --kubeconfig)")
+	fs.StringVar(&cfg.NodeName, "node-name", "", "name of this node (default: hostname)")
+	fs.StringVar(&cfg.DataDir, "data-dir", filepath.Join(defaultStateDir(), "agent"), "directory for node credentials, kubeconfig and pod state")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "provisioned client credentials (CN=system:node:<name>, O=system:nodes)")
+	fs.StringVar(&cfg.BootstrapKubeconfig, "bootstrap-kubeconfig", "", "kubeconfig with bootstrap credentials used only to request the node certificate")
+	fs.StringVar(&cfg.Token, "token", "", "bootstrap token id.secret for TLS bootstrapping")
+	fs.StringVar(&cfg.CACertHash, "ca-cert-hash", "", "sha256:<hex> of the cluster CA public key; the hub is verified against it")
+	fs.StringVar(&cfg.CACertFile, "ca-cert", "", "cluster CA certificate file (instead of, or in addition to, --ca-cert-hash)")
+	fs.DurationVar(&certLifetime, "certificate-lifetime", 0, "requested lifetime of node certificates (default: the hub's signing duration)")
+	fs.StringVar(&nodeIP, "node-ip", "", "node address for the Node object and serving certificate (default: first non-loopback IPv4)")
+	fs.IntVar(&cfg.KubeletPort, "kubelet-port", 10250, "HTTPS port of the kubelet API (there is no read-only port)")
+	fs.StringVar(&kubeletAddress, "kubelet-address", "", "bind address of the kubelet API (default: all addresses)")
+	fs.BoolVar(&cfg.StopPodsOnExit, "stop-pods-on-exit", false, "kill all pods when the agent stops (default: pods keep running and are re-adopted)")
+	fs.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
+	return withConfig(cmd)
+}
