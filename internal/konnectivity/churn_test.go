@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -92,11 +93,28 @@ func TestChurn(t *testing.T) {
 			for runtime.NumGoroutine() > baseG+2 || openFDs(t) > baseFD+2 {
 				if time.Now().After(deadline) {
 					buf := make([]byte, 1<<20)
-					t.Fatalf("goroutines %d (baseline %d), fds %d (baseline %d):\n%s", runtime.NumGoroutine(), baseG, openFDs(t), baseFD, buf[:runtime.Stack(buf, true)])
+					t.Fatalf("goroutines %d (baseline %d), fds %d (baseline %d):\n%s\n%s", runtime.NumGoroutine(), baseG, openFDs(t), baseFD, fdList(), buf[:runtime.Stack(buf, true)])
 				}
+				// io.Copy between TCP conns splices through pooled pipes that
+				// are only closed when a GC drops them from the pool.
+				runtime.GC()
 				time.Sleep(10 * time.Millisecond)
 			}
 			t.Logf("goroutines %d (baseline %d), fds %d (baseline %d)", runtime.NumGoroutine(), baseG, openFDs(t), baseFD)
 		})
 	}
+}
+
+func fdList() string {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	var sb strings.Builder
+	for _, e := range ents {
+		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		sb.WriteString(e.Name() + " -> " + l + "\n")
+	}
+	for _, f := range []string{"/proc/self/net/tcp", "/proc/self/net/tcp6", "/proc/self/net/unix"} {
+		b, _ := os.ReadFile(f)
+		sb.WriteString(f + ":\n" + string(b))
+	}
+	return sb.String()
 }
