@@ -141,22 +141,24 @@ func (h *Hub) Run(ctx context.Context) error {
 		return err
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	errc := make(chan error, 4)
-
 	etcdServers := h.cfg.EtcdServers
 	if len(etcdServers) == 0 {
-		member, err := storage.New(storage.Config{DataDir: filepath.Join(h.cfg.DataDir, "etcd"), Logger: log})
+		member, err := storage.New(storage.Config{DataDir: filepath.Join(h.cfg.DataDir, "etcd"), LogFile: filepath.Join(h.cfg.DataDir, "etcd.log"), Logger: log})
 		if err != nil {
 			return err
 		}
-		wg.Add(1)
+		// etcd outlives the API server: it stops only after Run's deferred
+		// wait, so the API server never loses its store while draining.
+		etcdCtx, stopEtcd := context.WithCancel(context.Background())
+		etcdDone := make(chan struct{})
+		defer func() {
+			stopEtcd()
+			<-etcdDone
+		}()
 		go func() {
-			defer wg.Done()
-			if err := member.Run(ctx); err != nil {
+			defer close(etcdDone)
+			if err := member.Run(etcdCtx); err != nil {
 				errc <- err
 			}
 		}()
@@ -169,6 +171,13 @@ func (h *Hub) Run(ctx context.Context) error {
 		}
 		etcdServers = member.Endpoints()
 	}
+
+	// Registered after etcd's, so these run first: controllers and the API
+	// server stop before the store does.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
 
 	var port int
 	srv, err := apiserver.New(apiserver.Config{
@@ -359,12 +368,13 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 			log.Error("bootstrap token", "err", err)
 		}
 	}
-	h.readyOnce.Do(func() { close(h.ready) })
+	// Ready means every client can act: the RBAC policy must be in place.
 	select {
 	case <-policyDone:
 	case <-ctx.Done():
 		return
 	}
+	h.readyOnce.Do(func() { close(h.ready) })
 	var wg sync.WaitGroup
 	for _, run := range []func(context.Context) error{boot.Run, ns.Run, csr.Run, sas.Run, tokens.Run, sched.Run, lifecycle.Run} {
 		wg.Add(1)

@@ -31,6 +31,8 @@ type Config struct {
 	// StartTimeout bounds how long Run waits for the member to become ready;
 	// zero value 60s.
 	StartTimeout time.Duration
+	// LogFile receives etcd's own log (errors only); zero value stderr.
+	LogFile string
 	// Logger receives start/stop messages; zero value slog.Default().
 	Logger *slog.Logger
 }
@@ -95,6 +97,9 @@ func (e *Embedded) Run(ctx context.Context) error {
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
 	ec.LogLevel = "error"
 	ec.LogOutputs = []string{"stderr"}
+	if e.cfg.LogFile != "" {
+		ec.LogOutputs = []string{e.cfg.LogFile}
+	}
 	// The hub compacts through its storage layer, as kube-apiserver does.
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = "0"

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 )
 
 func leases() Resource {
@@ -95,7 +97,15 @@ func csrs() Resource {
 	return Resource{
 		GroupVersion: certificatesv1.SchemeGroupVersion, Plural: "certificatesigningrequests", Singular: "certificatesigningrequest", ShortNames: []string{"csr"},
 		New: func() runtime.Object { return &certificatesv1.CertificateSigningRequest{} }, NewList: func() runtime.Object { return &certificatesv1.CertificateSigningRequestList{} },
-		Kind: Kind{HasStatus: true, Validate: validateCSR, StatusValidate: func(obj, old runtime.Object) field.ErrorList {
+		Kind: Kind{HasStatus: true, Validate: validateCSR, PrepareCreate: prepareCSR,
+			ValidateUpdate: func(obj, old runtime.Object) field.ErrorList {
+				n, o := obj.(*certificatesv1.CertificateSigningRequest), old.(*certificatesv1.CertificateSigningRequest)
+				if !equalBut(&certificatesv1.CertificateSigningRequest{Spec: n.Spec}, &certificatesv1.CertificateSigningRequest{Spec: o.Spec}, "ObjectMeta", "TypeMeta", "Status") {
+					return field.ErrorList{field.Forbidden(field.NewPath("spec"), "field is immutable")}
+				}
+				return nil
+			},
+			StatusValidate: func(obj, old runtime.Object) field.ErrorList {
 			return validateCSRConditions(obj.(*certificatesv1.CertificateSigningRequest))
 		}},
 		Table: Table{
@@ -112,6 +122,23 @@ func csrs() Resource {
 			},
 		},
 	}
+}
+
+// prepareCSR records who asked, from the authenticated request (never from
+// the body), and starts with an empty status — as Kubernetes does.
+func prepareCSR(ctx context.Context, obj runtime.Object) {
+	c := obj.(*certificatesv1.CertificateSigningRequest)
+	c.Spec.Username, c.Spec.UID, c.Spec.Groups, c.Spec.Extra = "", "", nil, nil
+	if u, ok := genericapirequest.UserFrom(ctx); ok {
+		c.Spec.Username, c.Spec.UID, c.Spec.Groups = u.GetName(), u.GetUID(), u.GetGroups()
+		for k, v := range u.GetExtra() {
+			if c.Spec.Extra == nil {
+				c.Spec.Extra = map[string]certificatesv1.ExtraValue{}
+			}
+			c.Spec.Extra[k] = v
+		}
+	}
+	c.Status = certificatesv1.CertificateSigningRequestStatus{}
 }
 
 func csrCondition(c *certificatesv1.CertificateSigningRequest) string {
