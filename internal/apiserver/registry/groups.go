@@ -106,8 +106,8 @@ func csrs() Resource {
 				return nil
 			},
 			StatusValidate: func(obj, old runtime.Object) field.ErrorList {
-			return validateCSRConditions(obj.(*certificatesv1.CertificateSigningRequest))
-		}},
+				return validateCSRConditions(obj.(*certificatesv1.CertificateSigningRequest))
+			}},
 		Table: Table{
 			Columns: []metav1.TableColumnDefinition{col("Name", "string", false, "Name"), col("Age", "string", false, "Age"),
 				col("SignerName", "string", false, "Signer"), col("Requestor", "string", false, "Requestor"),
