@@ -53,7 +53,6 @@ func nodeFixturePods() []runtime.Object {
 	return []runtime.Object{nodeObj("n1"), nodeObj("n2"), p1, p2, pending}
 }
 
-
 func TestNodeAuthorizer(t *testing.T) {
 	fx := newFixture(t, nodeFixturePods()...)
 	n1 := usr("system:node:n1", "system:nodes", "system:authenticated")
