@@ -36,7 +36,7 @@ func (c *container) probe(ctx context.Context, p *procEntry) {
 			}
 			c.w.log().Info("liveness probe failed, restarting", "container", c.spec.Name)
 			grace := int64(30)
-			if g := c.w.pod.Spec.TerminationGracePeriodSeconds; g != nil {
+			if g := c.w.spec.TerminationGracePeriodSeconds; g != nil {
 				grace = *g
 			}
 			if lp.TerminationGracePeriodSeconds != nil {

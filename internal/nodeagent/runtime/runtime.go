@@ -62,7 +62,8 @@ type Runtime struct {
 	ctx  context.Context
 	wg   sync.WaitGroup
 
-	reaper *reaper
+	reaper  *reaper
+	pending []*corev1.Pod // synced before Run started
 }
 
 // New validates cfg.
@@ -106,11 +107,16 @@ func (r *Runtime) Run(ctx context.Context) error {
 		stopReaper()
 		<-reaperDone
 	}()
-	r.mu.Lock()
-	r.ctx = ctx
-	r.mu.Unlock()
 	if err := r.adoptAll(ctx); err != nil {
 		r.log.Warn("runtime: adopting pods", "err", err)
+	}
+	r.mu.Lock()
+	r.ctx = ctx
+	pending := r.pending
+	r.pending = nil
+	r.mu.Unlock()
+	for _, p := range pending {
+		r.SyncPod(p)
 	}
 	<-ctx.Done()
 	r.mu.Lock()
@@ -142,6 +148,11 @@ func (r *Runtime) Run(ctx context.Context) error {
 func (r *Runtime) SyncPod(pod *corev1.Pod) {
 	r.mu.Lock()
 	ctx := r.ctx
+	if ctx == nil {
+		r.pending = append(r.pending, pod.DeepCopy())
+		r.mu.Unlock()
+		return
+	}
 	w, ok := r.pods[pod.UID]
 	if !ok && pod.DeletionTimestamp == nil && ctx != nil && ctx.Err() == nil {
 		w = newPodWorker(r, pod.DeepCopy())

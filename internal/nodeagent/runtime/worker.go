@@ -23,6 +23,10 @@ import (
 type podWorker struct {
 	rt  *Runtime
 	dir string
+	// immutable copies
+	uid  types.UID
+	key  string // namespace/name
+	spec *corev1.PodSpec
 
 	mu          sync.Mutex
 	pod         *corev1.Pod
@@ -78,6 +82,7 @@ type containerState struct {
 func newPodWorker(r *Runtime, pod *corev1.Pod) *podWorker {
 	w := &podWorker{
 		rt: r, dir: filepath.Join(r.cfg.Dir, "pods", string(pod.UID)), pod: pod,
+		uid: pod.UID, key: pod.Namespace + "/" + pod.Name, spec: pod.Spec.DeepCopy(),
 		terminating: make(chan struct{}), termDone: make(chan struct{}), detached: make(chan struct{}),
 		startTime: metav1.Now(),
 	}
@@ -105,13 +110,13 @@ func (w *podWorker) update(pod *corev1.Pod) {
 	w.mu.Unlock()
 }
 
-func (w *podWorker) changed() { w.rt.cfg.OnChange(w.pod.UID) }
+func (w *podWorker) changed() { w.rt.cfg.OnChange(w.uid) }
 
 func (w *podWorker) log() interface {
 	Info(string, ...any)
 	Warn(string, ...any)
 } {
-	return w.rt.log.With("pod", w.pod.Namespace+"/"+w.pod.Name)
+	return w.rt.log.With("pod", w.key)
 }
 
 // run drives the pod: state dir, volumes, init containers, then the
@@ -123,7 +128,7 @@ func (w *podWorker) run(ctx context.Context, adopted map[string]*containerState)
 		return
 	}
 	if adopted == nil {
-		data, err := json.Marshal(w.pod)
+		data, err := json.Marshal(w.snapshot())
 		if err == nil {
 			err = writeAtomic(filepath.Join(w.dir, "pod.json"), data)
 		}
@@ -363,7 +368,7 @@ func (c *container) logPath(restart int32) string {
 // runInit runs an init container until it succeeds. It returns false when
 // the pod must not continue.
 func (c *container) runInit(ctx context.Context) bool {
-	policy := c.w.pod.Spec.RestartPolicy
+	policy := c.w.spec.RestartPolicy
 	crashes := 0
 	for {
 		p, err := c.start()
@@ -401,7 +406,7 @@ func (c *container) supervise(ctx context.Context, adopted *containerState) {
 		c.stopped = true
 		c.w.mu.Unlock()
 	}()
-	policy := c.w.pod.Spec.RestartPolicy
+	policy := c.w.spec.RestartPolicy
 	crashes := 0
 	var p *procEntry
 	if adopted != nil {
@@ -451,7 +456,7 @@ func (c *container) backoff(ctx context.Context, crashes *int, reason, msg strin
 	d = min(d, c.w.rt.cfg.BackoffMax)
 	*crashes++
 	if msg == "" {
-		msg = fmt.Sprintf("back-off %s restarting failed container %s in pod %s", d, c.spec.Name, c.w.pod.Name)
+		msg = fmt.Sprintf("back-off %s restarting failed container %s in pod %s", d, c.spec.Name, c.w.key)
 	}
 	c.setWaiting(reason, msg)
 	return c.w.sleep(ctx, d)
@@ -492,6 +497,13 @@ func (c *container) start() (*procEntry, error) {
 		sink.close()
 		return nil, err
 	}
+	// The sink is in place before the process can write anything.
+	w.mu.Lock()
+	if c.sink != nil {
+		c.sink.close()
+	}
+	c.sink = sink
+	w.mu.Unlock()
 	defer closeFiles()
 	dir := c.spec.WorkingDir
 	if dir == "" {
@@ -502,7 +514,6 @@ func (c *container) start() (*procEntry, error) {
 		Sys: &syscall.SysProcAttr{Setpgid: true},
 	})
 	if err != nil {
-		sink.close()
 		return nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	pid := proc.Pid
@@ -510,10 +521,6 @@ func (c *container) start() (*procEntry, error) {
 	ticks, _, _ := procStart(pid)
 	e := &procEntry{pid: pid, startTicks: ticks, child: true, done: make(chan struct{})}
 	w.mu.Lock()
-	if c.sink != nil {
-		c.sink.close()
-	}
-	c.sink = sink
 	c.proc = e
 	if c.term != nil {
 		c.lastTerm = c.term
@@ -576,7 +583,7 @@ func (c *container) adopt(st *containerState) *procEntry {
 	c.proc, c.startedAt = e, st.StartedAt
 	c.ready = c.spec.ReadinessProbe == nil
 	w.rt.reaper.add(e)
-	w.rt.log.Info("adopted container", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "pid", st.Pid)
+	w.rt.log.Info("adopted container", "pod", w.key, "container", c.spec.Name, "pid", st.Pid)
 	return e
 }
 
@@ -672,5 +679,3 @@ func lookPath(name string, env map[string]string) (string, error) {
 	return "", fmt.Errorf("executable %q not found in PATH: %w", name, exec.ErrNotFound)
 }
 
-// ensure types import is used
-var _ types.UID
