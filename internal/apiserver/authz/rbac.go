@@ -248,11 +248,14 @@ func (r *RBAC) Authorize(ctx context.Context, a authorizer.Attributes) (authoriz
 	if allowedBy != nil {
 		return authorizer.DecisionAllow, "RBAC: allowed by " + allowedBy.String(), nil
 	}
+	// As in Kubernetes, resolution errors (a binding to a role of unknown
+	// kind, …) are reported in the reason, not as an error: an error would
+	// turn the 403 into a 500.
 	reason := ""
-	if u := a.GetUser(); u != nil {
-		reason = fmt.Sprintf("RBAC: no rule grants %q", u.GetName())
+	if len(errs) > 0 {
+		reason = fmt.Sprintf("RBAC: %v", errors.Join(errs...))
 	}
-	return authorizer.DecisionNoOpinion, reason, errors.Join(errs...)
+	return authorizer.DecisionNoOpinion, reason, nil
 }
 
 // ConditionsAwareAuthorize is Authorize; RBAC has no conditions.
