@@ -678,4 +678,3 @@ func lookPath(name string, env map[string]string) (string, error) {
 	}
 	return "", fmt.Errorf("executable %q not found in PATH: %w", name, exec.ErrNotFound)
 }
-
