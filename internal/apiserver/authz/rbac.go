@@ -135,15 +135,17 @@ func (r *RBAC) visitRules(u user.Info, namespace string, visit visitor) {
 	}
 	name, groups := u.GetName(), u.GetGroups()
 	lookup := func(idx cache.Indexer, prefix string, fn func(obj interface{}) bool) bool {
-		keys := make([]string, 0, len(groups)+1)
-		if name != "" {
-			keys = append(keys, prefix+"u:"+name)
-		}
-		for _, g := range groups {
-			keys = append(keys, prefix+"g:"+g)
-		}
-		for _, k := range keys {
-			objs, err := idx.ByIndex(subjectIndex, k)
+		for i := -1; i < len(groups); i++ {
+			var key string
+			switch {
+			case i >= 0:
+				key = prefix + "g:" + groups[i]
+			case name == "":
+				continue
+			default:
+				key = prefix + "u:" + name
+			}
+			objs, err := idx.ByIndex(subjectIndex, key)
 			if err != nil {
 				if !visit(bindingSource{}, nil, fmt.Errorf("authz: binding index: %w", err)) {
 					return false
