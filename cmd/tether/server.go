@@ -9,8 +9,11 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
 
+	"github.com/tether-dev/tether/internal/egress"
 	"github.com/tether-dev/tether/internal/hub"
+	konnectivityclient "github.com/tether-dev/tether/internal/konnectivity/client"
 )
 
 // hubFlags are the flags shared by `tether server` and `tether up`.
@@ -24,6 +27,10 @@ type hubFlags struct {
 	verbose                                             bool
 	signingDuration, tokenTTL                           time.Duration
 	bootstrapTokens                                     []string
+	egress, egressConfig, kubeletCA                     string
+	insecureKubeletTLS                                  bool
+	kubeletAddressTypes                                 []string
+	konnectivityUDS                                     string
 }
 
 func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
@@ -45,6 +52,12 @@ func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
 	fs.DurationVar(&f.signingDuration, "cluster-signing-duration", 365*24*time.Hour, "maximum validity of certificates signed for CSRs")
 	fs.StringSliceVar(&f.bootstrapTokens, "bootstrap-token", nil, "bootstrap token(s) id.secret to create at start, for nodes to join")
 	fs.DurationVar(&f.tokenTTL, "bootstrap-token-ttl", 24*time.Hour, "lifetime of tokens created with --bootstrap-token")
+	fs.StringVar(&f.egress, "egress", "direct", "how the hub reaches nodes, pods and services: direct, ssh (deprecated) or konnectivity")
+	fs.StringVar(&f.egressConfig, "egress-selector-config-file", "", "upstream EgressSelectorConfiguration file (apiserver.k8s.io/v1beta1); overrides --egress for the names it lists")
+	fs.StringVar(&f.konnectivityUDS, "konnectivity-uds", "", "Konnectivity server frontend socket for --egress=konnectivity (gRPC)")
+	fs.StringVar(&f.kubeletCA, "kubelet-certificate-authority", "", "CA that kubelet serving certificates must chain to (default: the cluster CA)")
+	fs.BoolVar(&f.insecureKubeletTLS, "insecure-kubelet-tls", false, "INSECURE: do not verify kubelet serving certificates (Kubernetes' old default)")
+	fs.StringSliceVar(&f.kubeletAddressTypes, "kubelet-preferred-address-types", []string{"InternalIP", "ExternalIP"}, "node address types to reach kubelets by, in order")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "debug logging")
 }
 
@@ -55,6 +68,17 @@ func (f *hubFlags) config() (hub.Config, error) {
 		CACertFile: f.caCert, CAKeyFile: f.caKey, ServingCertFile: f.servingCert, ServingKeyFile: f.servingKey,
 		ServiceAccountKeyFile: f.saKey, ClusterSigningDuration: f.signingDuration,
 		BootstrapTokens: f.bootstrapTokens, BootstrapTokenTTL: f.tokenTTL,
+		Egress: egress.Config{Mode: f.egress, SelectorConfigFile: f.egressConfig,
+			Konnectivity: konnectivityclient.Config{UDSName: f.konnectivityUDS}},
+		KubeletCertificateAuthority: f.kubeletCA, InsecureKubeletTLS: f.insecureKubeletTLS,
+	}
+	for _, t := range f.kubeletAddressTypes {
+		switch corev1.NodeAddressType(t) {
+		case corev1.NodeInternalIP, corev1.NodeExternalIP, corev1.NodeHostName, corev1.NodeInternalDNS, corev1.NodeExternalDNS:
+			cfg.KubeletPreferredAddressTypes = append(cfg.KubeletPreferredAddressTypes, corev1.NodeAddressType(t))
+		default:
+			return cfg, fmt.Errorf("--kubelet-preferred-address-types: unknown type %q", t)
+		}
 	}
 	if cfg.BindAddress = net.ParseIP(f.bindAddress); cfg.BindAddress == nil {
 		return cfg, fmt.Errorf("--bind-address %q is not an IP address", f.bindAddress)

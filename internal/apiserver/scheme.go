@@ -63,6 +63,9 @@ func NewScheme() (*runtime.Scheme, error) {
 	if err := addFieldLabelConversions(s); err != nil {
 		return nil, err
 	}
+	if err := addQueryConversions(s); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/tether-dev/tether/internal/apiserver"
 	"github.com/tether-dev/tether/internal/apiserver/authn"
 	"github.com/tether-dev/tether/internal/apiserver/authz"
+	"github.com/tether-dev/tether/internal/apiserver/proxy"
 	"github.com/tether-dev/tether/internal/pki"
 )
 
@@ -40,8 +41,14 @@ func (h *Hub) buildAuth(cluster *pki.Cluster, jwksURI string) func(apiserver.Bui
 			return ext, err
 		}
 		ext.TokenAuthenticators = []authenticator.Token{sa, authn.NewBootstrapTokenAuthenticator(objects, nil)}
-		ext.Storage = map[schema.GroupVersion]map[string]rest.Storage{
-			corev1.SchemeGroupVersion: {"serviceaccounts/token": &authn.TokenRequestREST{Issuer: issuer, Objects: objects, Audiences: b.APIAudiences}},
+		core := map[string]rest.Storage{"serviceaccounts/token": &authn.TokenRequestREST{Issuer: issuer, Objects: objects, Audiences: b.APIAudiences}}
+		ext.Storage = map[schema.GroupVersion]map[string]rest.Storage{corev1.SchemeGroupVersion: core}
+		subs, err := proxy.Subresources(h.kubeletConfig(cluster), b.Stores["pods"], b.Stores["nodes"], b.Stores["services"], b.Stores["endpoints"])
+		if err != nil {
+			return ext, err
+		}
+		for path, st := range subs {
+			core[path] = st
 		}
 		oidc, err := authn.NewOIDC(Issuer, jwksURI, keys)
 		if err != nil {
@@ -77,5 +84,25 @@ func (h *Hub) buildAuth(cluster *pki.Cluster, jwksURI string) func(apiserver.Bui
 			"/openid/v1/jwks":                   oidc.JWKSHandler(),
 		}
 		return ext, nil
+	}
+}
+
+// kubeletConfig is how the hub reaches kubelets: through the egress dialer,
+// as tether-apiserver-kubelet-client, verifying kubelet certificates against
+// the cluster CA unless told otherwise.
+func (h *Hub) kubeletConfig(cluster *pki.Cluster) proxy.KubeletConfig {
+	ca := h.cfg.KubeletCertificateAuthority
+	if ca == "" {
+		ca = cluster.CACertFile
+	}
+	return proxy.KubeletConfig{
+		Dialer:                h.egress.Cluster(),
+		ClientCertFile:        cluster.KubeletClientCertFile,
+		ClientKeyFile:         cluster.KubeletClientKeyFile,
+		CAFile:                ca,
+		InsecureSkipTLSVerify: h.cfg.InsecureKubeletTLS,
+		PreferredAddressTypes: h.cfg.KubeletPreferredAddressTypes,
+		AllowLoopbackNodes:    h.cfg.AdvertiseAddress.IsLoopback(),
+		Logger:                h.cfg.Logger,
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	restclient "k8s.io/client-go/rest"
@@ -24,6 +25,7 @@ import (
 	"github.com/tether-dev/tether/internal/apiserver/authz"
 	"github.com/tether-dev/tether/internal/bootstraptoken"
 	"github.com/tether-dev/tether/internal/controllers"
+	"github.com/tether-dev/tether/internal/egress"
 	"github.com/tether-dev/tether/internal/pki"
 	"github.com/tether-dev/tether/internal/storage"
 
@@ -57,6 +59,15 @@ type Config struct {
 	// (zero: 24h) so nodes can join.
 	BootstrapTokens   []string
 	BootstrapTokenTTL time.Duration
+	// Egress selects how the hub reaches the cluster network.
+	Egress egress.Config
+	// KubeletCertificateAuthority verifies kubelet serving certificates; zero
+	// value: the cluster CA.
+	KubeletCertificateAuthority string
+	// InsecureKubeletTLS skips kubelet certificate verification (warns).
+	InsecureKubeletTLS bool
+	// KubeletPreferredAddressTypes orders node addresses for kubelet dials.
+	KubeletPreferredAddressTypes []corev1.NodeAddressType
 	// Listener overrides BindAddress:SecurePort (tests).
 	Listener net.Listener
 	Logger   *slog.Logger
@@ -65,6 +76,7 @@ type Config struct {
 // Hub is the server role.
 type Hub struct {
 	cfg       Config
+	egress    *egress.Selector
 	ready     chan struct{}
 	readyOnce sync.Once
 	server    string
@@ -139,6 +151,13 @@ func (h *Hub) Run(ctx context.Context) error {
 	servingChain, err := h.servingChain(cluster)
 	if err != nil {
 		return err
+	}
+	if h.egress, err = egress.New(h.cfg.Egress); err != nil {
+		return fmt.Errorf("hub: %w", err)
+	}
+	defer h.egress.Close()
+	if h.egress.Mode("cluster") == egress.ModeSSH {
+		log.Warn("SSH tunnels are deprecated; prefer --egress=konnectivity")
 	}
 
 	errc := make(chan error, 4)
