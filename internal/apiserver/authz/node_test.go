@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/client-go/tools/cache"
 )
 
 func testPod(ns, name, node, sa string, mutate ...func(*corev1.Pod)) *corev1.Pod {
@@ -219,6 +220,10 @@ func TestNodeGraphBadInput(t *testing.T) {
 	}
 	if !n.hasEdge("b", objKey{refServiceAccount, "ns", "default"}) {
 		t.Fatal("empty serviceAccountName is the default SA")
+	}
+	n.deletePod(cache.DeletedFinalStateUnknown{Key: "ns/p", Obj: q})
+	if n.hasEdge("b", objKey{refSecret, "ns", "s"}) || len(n.pods) != 0 || len(n.edges) != 0 {
+		t.Fatal("tombstone delete left edges")
 	}
 	_ = fmt.Sprint(refKind(99))
 }

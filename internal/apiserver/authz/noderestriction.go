@@ -196,6 +196,9 @@ func (p *nodeRestriction) getPod(namespace, name string) (*corev1.Pod, error) {
 	if p.pods == nil {
 		return nil, errors.New("NodeRestriction has no pod informer")
 	}
+	if !p.WaitForReady() {
+		return nil, errors.New("NodeRestriction: pod informer not yet synced")
+	}
 	pod, err := p.pods.Pods(namespace).Get(name)
 	if err != nil {
 		return nil, fmt.Errorf("pod %s/%s: %w", namespace, name, err)

@@ -37,6 +37,9 @@ func TestRBACTable(t *testing.T) {
 		crb("urlstar", "url-star", userSubj("urlstar")),
 		crb("sa", "pod-reader", saSubj("ns1", "sa1")),
 		crb("dangling", "no-such-role", userSubj("dangling")),
+		&rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "badref"}, RoleRef: rbacv1.RoleRef{APIGroup: "example.com", Kind: "Thing", Name: "x"}, Subjects: []rbacv1.Subject{userSubj("badref")}},
+		&rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "badsubjects"}, RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "star-all"},
+			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "x"}, {Kind: "Robot", Name: "badsubj"}, {Kind: "User", APIGroup: "example.com", Name: "badsubj"}}},
 		rb("ns1", "secrets", "ClusterRole", "secret-reader", userSubj("carol")),
 		rb("ns1", "cmw", "Role", "cm-writer", userSubj("carol"), rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Name: "builder"}),
 	}
@@ -88,6 +91,9 @@ func TestRBACTable(t *testing.T) {
 		{"rolebinding to role", res(usr("carol"), "create", "", "configmaps", "", "ns1", ""), true},
 		{"rolebinding to role: other ns", res(usr("carol"), "create", "", "configmaps", "", "ns2", ""), false},
 		{"dangling roleRef", res(usr("dangling"), "get", "", "pods", "", "n", "p"), false},
+		{"bad roleRef", res(usr("badref"), "get", "", "pods", "", "n", "p"), false},
+		{"bad subjects match nobody", res(usr("badsubj"), "get", "", "pods", "", "n", "p"), false},
+		{"SA subject without namespace in a ClusterRoleBinding", res(usr("system:serviceaccount::x"), "get", "", "pods", "", "n", "p"), false},
 		{"nil user", res(nil, "get", "", "pods", "", "n", "p"), false},
 	}
 	for _, tc := range cases {
