@@ -88,30 +88,93 @@ type Node struct {
 	pods map[types.NamespacedName]*podEntry
 	// edges: object → node name → number of that node's pods referencing it.
 	edges map[objKey]map[string]int
-	rules []rbacv1.PolicyRule
+	// pvcVolume: bound PVC → PersistentVolume name; pvClaims the reverse.
+	pvcVolume map[objKey]string
+	pvClaims  map[string]map[objKey]struct{}
+	rules     []rbacv1.PolicyRule
 }
 
 var _ authorizer.Authorizer = (*Node)(nil)
 
-// NewNode registers a pod informer on f and keeps a graph index from each
-// node to the objects its pods reference; a decision is a few map lookups.
+// NewNode registers pod and PVC informers on f and keeps a graph index
+// from each node to the objects its pods reference (and the volumes their
+// claims are bound to); a decision is a few map lookups.
 func NewNode(f informers.SharedInformerFactory) *Node {
 	n := newNodeGraph()
-	inf := f.Core().V1().Pods().Informer()
-	// The registration handle is not needed: the graph lives as long as f.
-	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	// The registration handles are not needed: the graph lives as long as f.
+	_, _ = f.Core().V1().Pods().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj interface{}) { n.setPod(obj) },
 		UpdateFunc: func(_, obj interface{}) { n.setPod(obj) },
 		DeleteFunc: func(obj interface{}) { n.deletePod(obj) },
 	})
+	_, _ = f.Core().V1().PersistentVolumeClaims().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj interface{}) { n.setPVC(obj, false) },
+		UpdateFunc: func(_, obj interface{}) { n.setPVC(obj, false) },
+		DeleteFunc: func(obj interface{}) { n.setPVC(obj, true) },
+	})
 	return n
+}
+
+// setPVC records (or, deleted, forgets) which PersistentVolume a claim is
+// bound to.
+func (n *Node) setPVC(obj interface{}, deleted bool) {
+	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj, deleted = tomb.Obj, true
+	}
+	pvc, ok := obj.(*corev1.PersistentVolumeClaim)
+	if !ok || pvc == nil {
+		return
+	}
+	k := objKey{kind: refPVC, namespace: pvc.Namespace, name: pvc.Name}
+	volume := pvc.Spec.VolumeName
+	if deleted {
+		volume = ""
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if old, ok := n.pvcVolume[k]; ok {
+		if old == volume {
+			return
+		}
+		delete(n.pvcVolume, k)
+		if m := n.pvClaims[old]; m != nil {
+			delete(m, k)
+			if len(m) == 0 {
+				delete(n.pvClaims, old)
+			}
+		}
+	}
+	if volume == "" {
+		return
+	}
+	n.pvcVolume[k] = volume
+	m := n.pvClaims[volume]
+	if m == nil {
+		m = map[objKey]struct{}{}
+		n.pvClaims[volume] = m
+	}
+	m[k] = struct{}{}
+}
+
+// hasVolume reports whether a pod on node uses a claim bound to the volume.
+func (n *Node) hasVolume(node, volume string) bool {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	for claim := range n.pvClaims[volume] {
+		if n.edges[claim][node] > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func newNodeGraph() *Node {
 	return &Node{
-		pods:  map[types.NamespacedName]*podEntry{},
-		edges: map[objKey]map[string]int{},
-		rules: nodeRules(),
+		pods:      map[types.NamespacedName]*podEntry{},
+		edges:     map[objKey]map[string]int{},
+		pvcVolume: map[objKey]string{},
+		pvClaims:  map[string]map[objKey]struct{}{},
+		rules:     nodeRules(),
 	}
 }
 
@@ -353,7 +416,13 @@ func (n *Node) narrow(node string, a authorizer.Attributes) string {
 		case "persistentvolumeclaims":
 			return n.readRef(node, verb, sub, objKey{refPVC, ns, name})
 		case "persistentvolumes":
-			return "persistentvolumes are not in the node graph"
+			if sub != "" || verb != "get" || name == "" {
+				return "can only get individual persistentvolumes"
+			}
+			if !n.hasVolume(node, name) {
+				return fmt.Sprintf("no relationship found between node %q and persistentvolume %q", node, name)
+			}
+			return ""
 		case "serviceaccounts":
 			if sub != "token" || verb != "create" || name == "" {
 				return "can only create tokens for individual service accounts"

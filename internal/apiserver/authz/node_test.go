@@ -51,7 +51,10 @@ func nodeFixturePods() []runtime.Object {
 	})
 	p2 := testPod("ns1", "p2", "n2", "sa2", withSecretVolume("s2"))
 	pending := testPod("ns1", "pending", "", "sa3", withSecretVolume("s-pending"))
-	return []runtime.Object{nodeObj("n1"), nodeObj("n2"), p1, p2, pending}
+	claim := func(name, volume string) *corev1.PersistentVolumeClaim {
+		return &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: name}, Spec: corev1.PersistentVolumeClaimSpec{VolumeName: volume}}
+	}
+	return []runtime.Object{nodeObj("n1"), nodeObj("n2"), p1, p2, pending, claim("claim1", "pv1"), claim("claim2", "pv2")}
 }
 
 func TestNodeAuthorizer(t *testing.T) {
@@ -88,6 +91,10 @@ func TestNodeAuthorizer(t *testing.T) {
 		{"pvc", res(n1, "get", "", "persistentvolumeclaims", "", "ns1", "claim1"), true},
 		{"ephemeral pvc", res(n1, "get", "", "persistentvolumeclaims", "", "ns1", "p1-eph"), true},
 		{"other pvc", res(n1, "get", "", "persistentvolumeclaims", "", "ns1", "claim2"), false},
+		{"pv of its pod's claim", res(n1, "get", "", "persistentvolumes", "", "", "pv1"), true},
+		{"pv of an unused claim", res(n1, "get", "", "persistentvolumes", "", "", "pv2"), false},
+		{"pv of n1's claim for n2", res(n2, "get", "", "persistentvolumes", "", "", "pv1"), false},
+		{"list pvs", res(n1, "list", "", "persistentvolumes", "", "", ""), false},
 		{"token for its pod's SA", res(n1, "create", "", "serviceaccounts", "token", "ns1", "sa1"), true},
 		{"token for another node's SA", res(n1, "create", "", "serviceaccounts", "token", "ns1", "sa2"), false},
 		{"token for unscheduled pod's SA", res(n1, "create", "", "serviceaccounts", "token", "ns1", "sa3"), false},
@@ -224,6 +231,27 @@ func TestNodeGraphBadInput(t *testing.T) {
 	n.deletePod(cache.DeletedFinalStateUnknown{Key: "ns/p", Obj: q})
 	if n.hasEdge("b", objKey{refSecret, "ns", "s"}) || len(n.pods) != 0 || len(n.edges) != 0 {
 		t.Fatal("tombstone delete left edges")
+	}
+	// Claims: bind, rebind, delete by tombstone.
+	n.setPVC(nil, false)
+	n.setPVC((*corev1.PersistentVolumeClaim)(nil), true)
+	n.setPod(testPod("ns", "q", "a", "", func(p *corev1.Pod) {
+		p.Spec.Volumes = []corev1.Volume{{Name: "c", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "c"}}}}
+	}))
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c"}, Spec: corev1.PersistentVolumeClaimSpec{VolumeName: "pv-a"}}
+	n.setPVC(pvc, false)
+	if !n.hasVolume("a", "pv-a") || n.hasVolume("b", "pv-a") {
+		t.Fatal("pv edge")
+	}
+	rebound := pvc.DeepCopy()
+	rebound.Spec.VolumeName = "pv-b"
+	n.setPVC(rebound, false)
+	if n.hasVolume("a", "pv-a") || !n.hasVolume("a", "pv-b") {
+		t.Fatal("rebinding did not move the pv edge")
+	}
+	n.setPVC(cache.DeletedFinalStateUnknown{Obj: rebound}, false)
+	if n.hasVolume("a", "pv-b") || len(n.pvClaims) != 0 || len(n.pvcVolume) != 0 {
+		t.Fatal("deleted claim left an edge")
 	}
 	_ = fmt.Sprint(refKind(99))
 }
