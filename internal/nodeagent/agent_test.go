@@ -387,6 +387,44 @@ func TestAgentEndToEnd(t *testing.T) {
 		}
 	}
 
+	// Service-account credentials: mounted at the standard path when root,
+	// and usable against the API (through KUBERNETES_SERVICE_HOST/PORT).
+	if os.Geteuid() == 0 {
+		if _, err := os.Stat("/usr/bin/curl"); err == nil {
+			sa := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: "sa", Namespace: "default"},
+				Spec: corev1.PodSpec{NodeName: "n1", RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{
+					Name: "c", Image: "curl", Command: []string{"/bin/sh", "-c", `d=/var/run/secrets/kubernetes.io/serviceaccount; echo "ns=$(cat $d/namespace)"; ` +
+						`curl -sS -o /dev/null -w "code=%{http_code}\n" --cacert $d/ca.crt -H "Authorization: Bearer $(cat $d/token)" https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/default/pods`},
+				}}},
+			}
+			if _, err := admin.CoreV1().Pods("default").Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 60*time.Second, "service-account pod", func() error {
+				p, err := admin.CoreV1().Pods("default").Get(ctx, "sa", metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				if p.Status.Phase != corev1.PodSucceeded {
+					return fmt.Errorf("phase %s %+v", p.Status.Phase, p.Status.ContainerStatuses)
+				}
+				return nil
+			})
+			resp, err := hubClient.Get(base + "/containerLogs/default/sa/c")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			// 403 is fine too: the token authenticated, RBAC decided.
+			if !strings.Contains(string(body), "ns=default") || !(strings.Contains(string(body), "code=200") || strings.Contains(string(body), "code=403")) {
+				t.Fatalf("service-account pod output: %q", body)
+			}
+			t.Logf("service-account pod: %q", body)
+		}
+	}
+
 	// Graceful deletion ends with the agent's grace-0 delete.
 	if err := admin.CoreV1().Pods("default").Delete(ctx, "p1", metav1.DeleteOptions{GracePeriodSeconds: ptrInt64(5)}); err != nil {
 		t.Fatal(err)

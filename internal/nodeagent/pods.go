@@ -291,16 +291,23 @@ func (p *podSync) saDir(uid types.UID) string {
 
 // prepareVolumes writes the pod's service-account token, ca.crt and
 // namespace, and tells the containers where they are.
-func (p *podSync) prepareVolumes(ctx context.Context, pod *corev1.Pod) ([]string, error) {
+func (p *podSync) prepareVolumes(ctx context.Context, pod *corev1.Pod) (runtime.Volumes, error) {
 	if pod.Spec.AutomountServiceAccountToken != nil && !*pod.Spec.AutomountServiceAccountToken {
-		return nil, nil
+		return runtime.Volumes{}, nil
 	}
 	if err := p.writeSA(ctx, pod); err != nil {
-		return nil, err
+		return runtime.Volumes{}, err
 	}
 	dir := p.saDir(pod.UID)
-	return []string{"TETHER_SERVICEACCOUNT_DIR=" + dir}, nil
+	return runtime.Volumes{
+		Env:    []string{"TETHER_SERVICEACCOUNT_DIR=" + dir},
+		Mounts: []runtime.Mount{{HostPath: dir, ContainerPath: ServiceAccountMountPath}},
+	}, nil
 }
+
+// ServiceAccountMountPath is where pods find their credentials (as root;
+// see runtime.Mount).
+const ServiceAccountMountPath = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 func (p *podSync) writeSA(ctx context.Context, pod *corev1.Pod) error {
 	sa := pod.Spec.ServiceAccountName

@@ -40,9 +40,9 @@ type Config struct {
 	// discovery, KUBERNETES_SERVICE_HOST...). Optional.
 	Env func(pod *corev1.Pod) []string
 	// PrepareVolumes runs before a pod's first container starts and returns
-	// environment additions, or an error that keeps the pod Waiting.
-	// Optional.
-	PrepareVolumes func(ctx context.Context, pod *corev1.Pod) ([]string, error)
+	// environment additions and bind mounts, or an error that keeps the pod
+	// Waiting. Optional.
+	PrepareVolumes func(ctx context.Context, pod *corev1.Pod) (Volumes, error)
 	// BackoffBase and BackoffMax bound CrashLoopBackOff; zero: 10s and 5m.
 	BackoffBase, BackoffMax time.Duration
 	// LogMaxBytes rotates a container log when it grows beyond; zero 10 MiB.
@@ -259,6 +259,20 @@ func (r *Runtime) find(namespace, name, uid string) *podWorker {
 		}
 	}
 	return best
+}
+
+// Volumes are what PrepareVolumes provides to a pod's containers.
+type Volumes struct {
+	Env []string
+	// Mounts are bind-mounted into a private mount namespace per container
+	// when the agent runs as root (unshare(1)); otherwise they are skipped
+	// and containers find the files through Env.
+	Mounts []Mount
+}
+
+// Mount is a read-only bind mount of a host directory.
+type Mount struct {
+	HostPath, ContainerPath string
 }
 
 // ErrNotFound is returned for unknown pods and containers.

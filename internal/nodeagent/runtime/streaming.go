@@ -126,7 +126,17 @@ func (r *Runtime) ExecInContainer(ctx context.Context, podName, uid, cname strin
 	if err != nil {
 		return err
 	}
-	command := exec.CommandContext(ctx, path, cmd[1:]...)
+	args := append([]string{path}, cmd[1:]...)
+	// Enter the container's mount namespace when it has one.
+	c.w.mu.Lock()
+	mounts, proc := len(c.w.mounts) > 0, c.proc
+	c.w.mu.Unlock()
+	if mounts && proc != nil && os.Geteuid() == 0 {
+		if nsenter, err := exec.LookPath("nsenter"); err == nil {
+			args = append([]string{nsenter, "--target", strconv.Itoa(proc.pid), "--mount", "--"}, args...)
+		}
+	}
+	command := exec.CommandContext(ctx, args[0], args[1:]...)
 	command.Env, command.Dir = env, dir
 	command.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if tty {

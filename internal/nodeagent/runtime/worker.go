@@ -38,6 +38,7 @@ type podWorker struct {
 	waitMessage string
 	startTime   metav1.Time
 	extraEnv    []string
+	mounts      []Mount
 
 	terminating chan struct{}
 	termOnce    sync.Once
@@ -140,10 +141,10 @@ func (w *podWorker) run(ctx context.Context, adopted map[string]*containerState)
 	// Volumes and credentials, retried until they work.
 	backoff := time.Second
 	for w.rt.cfg.PrepareVolumes != nil {
-		env, err := w.rt.cfg.PrepareVolumes(ctx, w.snapshot())
+		vols, err := w.rt.cfg.PrepareVolumes(ctx, w.snapshot())
 		if err == nil {
 			w.mu.Lock()
-			w.extraEnv = env
+			w.extraEnv, w.mounts = vols.Env, vols.Mounts
 			w.mu.Unlock()
 			break
 		}
@@ -472,6 +473,7 @@ func (c *container) start() (*procEntry, error) {
 	w.mu.Lock()
 	pod := w.pod.DeepCopy()
 	extra := w.extraEnv
+	mounts := w.mounts
 	restarts := c.restartCount
 	if c.term != nil {
 		restarts++
@@ -487,6 +489,10 @@ func (c *container) start() (*procEntry, error) {
 	path, err := lookPath(argv[0], env)
 	if err != nil {
 		return nil, err
+	}
+	argv[0] = path
+	if wrapped, ok := withMounts(mounts, argv); ok {
+		path, argv = wrapped[0], wrapped
 	}
 	sink, err := newLogSink(c.logPath(restarts), w.rt.cfg.LogMaxBytes)
 	if err != nil {
@@ -637,6 +643,27 @@ func (c *container) saveState(st containerState) error {
 }
 
 // ---- helpers ----
+
+// mountScript bind-mounts (read-only) each container path, then execs the
+// container's command; it runs in a fresh private mount namespace.
+const mountScript = `set -e; n=$1; shift; while [ "$n" -gt 0 ]; do mkdir -p "$1"; mount --bind "$2" "$1"; mount -o remount,bind,ro "$1"; shift 2; n=$((n-1)); done; exec "$@"`
+
+// withMounts wraps argv so that it runs in its own mount namespace with
+// mounts applied; only as root and with unshare(1) available.
+func withMounts(mounts []Mount, argv []string) ([]string, bool) {
+	if len(mounts) == 0 || os.Geteuid() != 0 {
+		return nil, false
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		return nil, false
+	}
+	out := []string{unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", mountScript, "tether-mounts", strconv.Itoa(len(mounts))}
+	for _, m := range mounts {
+		out = append(out, m.ContainerPath, m.HostPath)
+	}
+	return append(out, argv...), true
+}
 
 func writeAtomic(path string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
