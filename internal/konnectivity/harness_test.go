@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -55,6 +56,9 @@ func startOurServer(t testing.TB, pki *konnectivitytest.PKI, o serverOpts) *env 
 		o.mode = server.ModeGRPC
 	}
 	cfg := o.cfg
+	if os.Getenv("KONN_TEST_LOG") != "" && cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	if o.serverID != "" {
 		cfg.ServerID = o.serverID
 	}
@@ -256,7 +260,7 @@ func startUpstreamAgent(t testing.TB, e *env, id string) *runningAgent {
 	drainCh := make(chan struct{})
 	cc := &upagent.ClientSetConfig{
 		Address: e.agentAddr, AgentID: id, SyncInterval: 50 * time.Millisecond, ProbeInterval: time.Second,
-		SyncIntervalCap: 500 * time.Millisecond, SyncForever: true, XfrChannelSize: 150,
+		SyncIntervalCap: 500 * time.Millisecond, XfrChannelSize: 150,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(e.pki.ClientTLS(t, "upstream-agent")))},
 	}
 	before := e.readyAgents()

@@ -619,19 +619,32 @@ func (s *Server) pickBackend(host string) (*backend, error) {
 	return nil, fmt.Errorf("%w %q", errNoAgent, host)
 }
 
-// leastLoaded picks among the two random candidates the one with fewer
-// connections (needs s.mu).
+// leastLoaded picks among the candidates' agents the one with fewer
+// connections (two random choices), and of that agent its oldest stream: an
+// agent that reconnects or probes for new servers (upstream's sync-forever)
+// opens short-lived duplicate streams that must not attract dials. Needs s.mu.
 func leastLoaded(c []*backend) *backend {
-	if len(c) == 1 {
-		return c[0]
+	a := c[randIndex(len(c))]
+	if len(c) > 1 {
+		b := c[randIndex(len(c))]
+		if b.agentID != a.agentID && len(b.conns)+b.npending < len(a.conns)+a.npending {
+			a = b
+		}
 	}
-	i, _ := rand.Int(rand.Reader, big.NewInt(int64(len(c))))
-	j, _ := rand.Int(rand.Reader, big.NewInt(int64(len(c))))
-	a, b := c[i.Int64()], c[j.Int64()]
-	if len(b.conns)+b.npending < len(a.conns)+a.npending {
-		return b
+	for _, x := range c { // s.backends is in connection order: the first match is the oldest
+		if x.agentID == a.agentID {
+			return x
+		}
 	}
 	return a
+}
+
+func randIndex(n int) int {
+	i, err := rand.Int(rand.Reader, big.NewInt(int64(n)))
+	if err != nil {
+		return 0
+	}
+	return int(i.Int64())
 }
 
 func matchHost(ids wire.Identifiers, host string, addr netip.Addr, isAddr bool) bool {
