@@ -47,6 +47,7 @@ func subcommands() []*cobra.Command {
 		newUpCmd(),
 		newVersionCmd(),
 		newTokenCmd(),
+		newAgentCmd(),
 		newKonnectivityServerCmd(),
 		newKonnectivityAgentCmd(),
 	}

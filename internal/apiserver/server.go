@@ -358,6 +358,9 @@ func New(cfg Config) (srv *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("apiserver: %w", err)
 	}
+	// Long-lived streams (exec, logs -f, agents' connections) must not hold a
+	// stopping hub for the full request timeout.
+	generic.ShutdownTimeout = 3 * time.Second
 	if err := install(generic, scheme, codecs, storage); err != nil {
 		return nil, err
 	}

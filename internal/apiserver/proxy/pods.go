@@ -216,9 +216,11 @@ func (r *ExecREST) NewConnectOptions() (runtime.Object, bool, string) {
 	return &corev1.PodExecOptions{}, false, ""
 }
 
+// streamQuery encodes stream options the way the kubelet API reads them:
+// input, output, error and tty set to "1".
 func streamQuery(stdin, stdout, stderr, tty bool) url.Values {
 	q := url.Values{}
-	for k, v := range map[string]bool{"stdin": stdin, "stdout": stdout, "stderr": stderr, "tty": tty} {
+	for k, v := range map[string]bool{corev1.ExecStdinParam: stdin, corev1.ExecStdoutParam: stdout, corev1.ExecStderrParam: stderr, corev1.ExecTTYParam: tty} {
 		if v {
 			q.Set(k, "1")
 		}
