@@ -32,6 +32,7 @@ import (
 
 	"github.com/tether-dev/tether/internal/nodeagent/kubeletapi"
 	"github.com/tether-dev/tether/internal/nodeagent/runtime"
+	"github.com/tether-dev/tether/internal/nodeagent/servicenet"
 )
 
 // Config configures an Agent. Zero values are documented per field.
@@ -233,8 +234,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("nodeagent: serving cert manager: %w", err)
 	}
 
+	// Service proxy.
+	svcProxy, err := servicenet.New(servicenet.Config{Client: client, Logger: a.log.With("component", "service-proxy")})
+	if err != nil {
+		return fmt.Errorf("nodeagent: %w", err)
+	}
+
 	// Pod runtime.
 	pods := newPodSync(a, client)
+	pods.proxy = svcProxy
 	rt, err := runtime.New(runtime.Config{
 		Dir: a.cfg.DataDir, HostIP: a.cfg.NodeIP, OnChange: pods.enqueue,
 		Env: pods.serviceEnv, PrepareVolumes: pods.prepareVolumes,
@@ -289,6 +297,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	start("service-proxy", svcProxy.Run)
 	start("runtime", rt.Run)
 	start("kubelet-api", kapi.Run)
 	node := &nodeStatus{a: a, client: client, port: int32(port)}

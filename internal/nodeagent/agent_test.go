@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -33,6 +34,11 @@ import (
 // testHub starts an in-process hub on loopback and returns an admin client,
 // the hub's CA and data dir.
 func testHub(t *testing.T, ctx context.Context) (*hub.Hub, kubernetes.Interface, *pki.CA, string) {
+	return testHubWith(t, ctx, nil)
+}
+
+// testHubWith uses serviceRange for ClusterIPs when not nil.
+func testHubWith(t *testing.T, ctx context.Context, serviceRange *net.IPNet) (*hub.Hub, kubernetes.Interface, *pki.CA, string) {
 	t.Helper()
 	dir := t.TempDir()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -40,6 +46,7 @@ func testHub(t *testing.T, ctx context.Context) (*hub.Hub, kubernetes.Interface,
 		t.Fatal(err)
 	}
 	h, err := hub.New(hub.Config{DataDir: dir, Listener: ln, BindAddress: net.IPv4(127, 0, 0, 1), AdvertiseAddress: net.IPv4(127, 0, 0, 1),
+		ServiceClusterIPRange: serviceRange,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -220,7 +227,11 @@ func tlsClient(t *testing.T, ca *pki.CA, certFile, keyFile string, certs ...tls.
 func TestAgentEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	h, admin, ca, hubDir := testHub(t, ctx)
+	// A loopback service range: its VIPs are local to this machine, so the
+	// node's service proxy can serve them without touching host networking.
+	_, svcRange, _ := net.ParseCIDR(fmt.Sprintf("127.%d.0.0/16", 100+rand.IntN(100)))
+	h, admin, ca, hubDir := testHubWith(t, ctx, svcRange)
+	vip := hub.ServiceIP(svcRange).String()
 	var extra []string
 	if !nodeAuthorized(t, ctx, admin) {
 		t.Log("hub has no Node authorizer yet: test node certificates also carry system:masters")
@@ -391,10 +402,17 @@ func TestAgentEndToEnd(t *testing.T) {
 	// and usable against the API (through KUBERNETES_SERVICE_HOST/PORT).
 	if os.Geteuid() == 0 {
 		if _, err := os.Stat("/usr/bin/curl"); err == nil {
+			eventually(t, 30*time.Second, "kubernetes Service VIP served", func() error {
+				c, err := net.DialTimeout("tcp", net.JoinHostPort(vip, "443"), time.Second)
+				if err != nil {
+					return err
+				}
+				return c.Close()
+			})
 			sa := &corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Name: "sa", Namespace: "default"},
 				Spec: corev1.PodSpec{NodeName: "n1", RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{
-					Name: "c", Image: "curl", Command: []string{"/bin/sh", "-c", `d=/var/run/secrets/kubernetes.io/serviceaccount; echo "ns=$(cat $d/namespace)"; ` +
+					Name: "c", Image: "curl", Command: []string{"/bin/sh", "-c", `d=/var/run/secrets/kubernetes.io/serviceaccount; echo "ns=$(cat $d/namespace) host=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; ` +
 						`curl -sS -o /dev/null -w "code=%{http_code}\n" --cacert $d/ca.crt -H "Authorization: Bearer $(cat $d/token)" https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/default/pods`},
 				}}},
 			}
@@ -418,7 +436,7 @@ func TestAgentEndToEnd(t *testing.T) {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			// 403 is fine too: the token authenticated, RBAC decided.
-			if !strings.Contains(string(body), "ns=default") || !(strings.Contains(string(body), "code=200") || strings.Contains(string(body), "code=403")) {
+			if !strings.Contains(string(body), "ns=default host="+vip+":443") || !(strings.Contains(string(body), "code=200") || strings.Contains(string(body), "code=403")) {
 				t.Fatalf("service-account pod output: %q", body)
 			}
 			t.Logf("service-account pod: %q", body)

@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -26,6 +25,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/tether-dev/tether/internal/nodeagent/runtime"
+	"github.com/tether-dev/tether/internal/nodeagent/servicenet"
 )
 
 // podSync watches the pods bound to this node, hands them to the runtime
@@ -42,9 +42,7 @@ type podSync struct {
 	lister cache.Indexer
 	synced bool
 
-	svcMu   sync.Mutex
-	svcHost string
-	svcPort string
+	proxy *servicenet.Proxy
 }
 
 func newPodSync(a *Agent, client kubernetes.Interface) *podSync {
@@ -252,13 +250,16 @@ func keepTimes(cs *corev1.ContainerStatus, old []corev1.ContainerStatus) {
 
 // ---- service environment and service-account credentials ----
 
-// serviceEnv returns KUBERNETES_SERVICE_HOST/PORT. Without a service proxy
-// data path on this node they point at the hub address the agent uses
-// (documented fallback).
+// serviceEnv returns KUBERNETES_SERVICE_HOST/PORT: the `kubernetes`
+// Service VIP when this node's service proxy serves it, else the hub
+// address the agent uses (documented fallback).
 func (p *podSync) serviceEnv(*corev1.Pod) []string {
-	p.svcMu.Lock()
-	host, port := p.svcHost, p.svcPort
-	p.svcMu.Unlock()
+	var host, port string
+	if p.proxy != nil {
+		if addr, ok := p.proxy.Addr(metav1.NamespaceDefault, "kubernetes"); ok {
+			host, port, _ = net.SplitHostPort(addr)
+		}
+	}
 	if host == "" {
 		u, err := url.Parse(p.a.server)
 		if err != nil {
@@ -382,4 +383,3 @@ func (p *podSync) refreshTokens(ctx context.Context) {
 	}
 }
 
-var _ = strconv.Itoa
