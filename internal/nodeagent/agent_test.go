@@ -47,7 +47,7 @@ func testHubWith(t *testing.T, ctx context.Context, serviceRange *net.IPNet) (*h
 	}
 	h, err := hub.New(hub.Config{DataDir: dir, Listener: ln, BindAddress: net.IPv4(127, 0, 0, 1), AdvertiseAddress: net.IPv4(127, 0, 0, 1),
 		ServiceClusterIPRange: serviceRange,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger:                slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -382,4 +382,3 @@ func (p *podSync) refreshTokens(ctx context.Context) {
 		}
 	}
 }
-
