@@ -57,8 +57,14 @@ func NewIPAllocator(cli *clientv3.Client, prefix string, cidr *net.IPNet) (*Allo
 			if width == 4 {
 				ip = ip.To4()
 			}
-			off := new(big.Int).Sub(new(big.Int).SetBytes(ip), base).Int64() - 1
-			return off, off >= 0 && off < size
+			// Compare as big integers: in a wide IPv6 range the offset
+			// need not fit in an int64.
+			off := new(big.Int).Sub(new(big.Int).SetBytes(ip), base)
+			off.Sub(off, big.NewInt(1))
+			if off.Sign() < 0 || off.Cmp(big.NewInt(size)) >= 0 {
+				return 0, false
+			}
+			return off.Int64(), true
 		},
 	}, nil
 }
@@ -69,7 +75,9 @@ func NewPortAllocator(cli *clientv3.Client, prefix string, first, last int) *All
 		value: func(i int64) string { return strconv.FormatInt(int64(first)+i, 10) },
 		index: func(v string) (int64, bool) {
 			p, err := strconv.Atoi(v)
-			return int64(p - first), err == nil && p >= first && p <= last
+			// Only the canonical spelling ("30080", not "+30080" or
+			// "030080"): values are keyed by their string.
+			return int64(p - first), err == nil && p >= first && p <= last && strconv.Itoa(p) == v
 		},
 	}
 }
@@ -78,6 +86,15 @@ func NewPortAllocator(cli *clientv3.Client, prefix string, first, last int) *All
 func (a *Allocator) Contains(v string) bool {
 	_, ok := a.index(v)
 	return ok
+}
+
+// key is where v's owner is stored: one key per value however v is
+// spelled ("fd00::a" and "FD00:0::A" are the same address).
+func (a *Allocator) key(v string) string {
+	if i, ok := a.index(v); ok {
+		return a.prefix + a.value(i)
+	}
+	return a.prefix + v
 }
 
 // Allocate reserves v for owner; ErrAllocated if someone else holds it.
@@ -93,7 +110,7 @@ func (a *Allocator) allocate(ctx context.Context, v, owner string) (fresh bool, 
 	if !a.Contains(v) {
 		return false, fmt.Errorf("%s is not in the allocator's range", v)
 	}
-	key := a.prefix + v
+	key := a.key(v)
 	resp, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, owner)).Else(clientv3.OpGet(key)).Commit()
 	if err != nil {
@@ -127,7 +144,7 @@ func (a *Allocator) AllocateNext(ctx context.Context, owner string) (string, err
 
 // Free reports whether v looks free now (used for dry runs; no reservation).
 func (a *Allocator) Free(ctx context.Context, v string) (bool, error) {
-	resp, err := a.cli.Get(ctx, a.prefix+v, clientv3.WithCountOnly())
+	resp, err := a.cli.Get(ctx, a.key(v), clientv3.WithCountOnly())
 	if err != nil {
 		return false, fmt.Errorf("allocator: %w", err)
 	}
@@ -136,7 +153,7 @@ func (a *Allocator) Free(ctx context.Context, v string) (bool, error) {
 
 // Release frees v if owner holds it.
 func (a *Allocator) Release(ctx context.Context, v, owner string) error {
-	key := a.prefix + v
+	key := a.key(v)
 	_, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", owner)).Then(clientv3.OpDelete(key)).Commit()
 	if err != nil {
 		return fmt.Errorf("allocator: %w", err)
