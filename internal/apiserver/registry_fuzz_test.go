@@ -175,4 +175,3 @@ func setListItems(list, item runtime.Object) error {
 	v.Set(s)
 	return nil
 }
-
