@@ -106,7 +106,7 @@ func (r *PodProxyREST) Connect(ctx context.Context, id string, opts runtime.Obje
 	if pod.Status.PodIP == "" {
 		return nil, apierrors.NewServiceUnavailable(fmt.Sprintf("pod %s has no IP yet", name))
 	}
-	if err := Proxyable(pod.Status.PodIP, false); err != nil {
+	if err := r.proxyableOnNode(ctx, pod.Status.PodIP, pod.Spec.NodeName); err != nil {
 		return nil, err
 	}
 	if port == "" {
@@ -125,6 +125,39 @@ func (r *PodProxyREST) Connect(ctx context.Context, id string, opts runtime.Obje
 	}
 	loc := &url.URL{Scheme: orHTTP(scheme), Host: net.JoinHostPort(pod.Status.PodIP, port)}
 	return r.proxyHandler(loc, r.plainTransport(), opts, res), nil
+}
+
+// proxyableOnNode is Proxyable for pod and endpoint addresses. Loopback is
+// refused, except in a purely local cluster (AllowLoopbackNodes) for an
+// address that belongs to the object's own node: pods share the host
+// network, so a pod's IP is its node's address. Any other loopback address
+// (the hub's own, say) stays refused.
+func (b *base) proxyableOnNode(ctx context.Context, ip, nodeName string) error {
+	err := Proxyable(ip, false)
+	if err == nil || !b.k.cfg.AllowLoopbackNodes || nodeName == "" {
+		return err
+	}
+	p := net.ParseIP(ip)
+	if p == nil || !p.IsLoopback() {
+		return err
+	}
+	obj, gerr := b.nodes.Get(namespaced(ctx, ""), nodeName, &metav1.GetOptions{})
+	if gerr != nil {
+		return err
+	}
+	for _, a := range obj.(*corev1.Node).Status.Addresses {
+		if net.ParseIP(a.Address).Equal(p) {
+			return nil
+		}
+	}
+	return err
+}
+
+func ptrValue(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 func orHTTP(s string) string {
@@ -219,7 +252,7 @@ func (r *ServiceProxyREST) Connect(ctx context.Context, id string, opts runtime.
 				continue
 			}
 			for _, a := range ss.Addresses {
-				if Proxyable(a.IP, false) == nil {
+				if r.proxyableOnNode(ctx, a.IP, ptrValue(a.NodeName)) == nil {
 					candidates = append(candidates, net.JoinHostPort(a.IP, strconv.Itoa(int(p.Port))))
 				}
 			}
