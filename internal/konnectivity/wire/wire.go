@@ -49,7 +49,9 @@ const (
 )
 
 // MaxDataChunk is the largest DATA payload tether peers put in one packet.
-const MaxDataChunk = 256 << 10
+// It stays just under 256 KiB so that a whole DATA packet fits gRPC's
+// 256 KiB buffer-pool tier (one byte more doubles the buffer and its zeroing).
+const MaxDataChunk = 256<<10 - 64
 
 // MaxMessageSize bounds a received gRPC message; a peer sending more is a
 // protocol error on that stream only.
