@@ -64,6 +64,7 @@ func newAgentCmd() *cobra.Command {
 	fs.StringVar(&nodeIP, "node-ip", "", "node address for the Node object and serving certificate (default: first non-loopback IPv4)")
 	fs.IntVar(&cfg.KubeletPort, "kubelet-port", 10250, "HTTPS port of the kubelet API (there is no read-only port)")
 	fs.StringVar(&kubeletAddress, "kubelet-address", "", "bind address of the kubelet API (default: all addresses)")
+	fs.StringVar(&cfg.Konnectivity, "konnectivity", "auto", "Konnectivity agent: auto (when the hub publishes a server), off, or host:port of the server's agent port")
 	fs.BoolVar(&cfg.StopPodsOnExit, "stop-pods-on-exit", false, "kill all pods when the agent stops (default: pods keep running and are re-adopted)")
 	fs.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	return withConfig(cmd)

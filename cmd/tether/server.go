@@ -31,6 +31,7 @@ type hubFlags struct {
 	insecureKubeletTLS                                  bool
 	kubeletAddressTypes                                 []string
 	konnectivityUDS                                     string
+	konnectivityPort                                    int
 }
 
 func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
@@ -55,6 +56,7 @@ func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
 	fs.StringVar(&f.egress, "egress", "direct", "how the hub reaches nodes, pods and services: direct, ssh (deprecated) or konnectivity")
 	fs.StringVar(&f.egressConfig, "egress-selector-config-file", "", "upstream EgressSelectorConfiguration file (apiserver.k8s.io/v1beta1); overrides --egress for the names it lists")
 	fs.StringVar(&f.konnectivityUDS, "konnectivity-uds", "", "Konnectivity server frontend socket for --egress=konnectivity (gRPC)")
+	fs.IntVar(&f.konnectivityPort, "konnectivity-agent-port", 8132, "mTLS port of the in-process Konnectivity server for node agents (with --egress=konnectivity)")
 	fs.StringVar(&f.kubeletCA, "kubelet-certificate-authority", "", "CA that kubelet serving certificates must chain to (default: the cluster CA)")
 	fs.BoolVar(&f.insecureKubeletTLS, "insecure-kubelet-tls", false, "INSECURE: do not verify kubelet serving certificates (Kubernetes' old default)")
 	fs.StringSliceVar(&f.kubeletAddressTypes, "kubelet-preferred-address-types", []string{"InternalIP", "ExternalIP"}, "node address types to reach kubelets by, in order")
@@ -71,6 +73,8 @@ func (f *hubFlags) config() (hub.Config, error) {
 		Egress: egress.Config{Mode: f.egress, SelectorConfigFile: f.egressConfig,
 			Konnectivity: konnectivityclient.Config{UDSName: f.konnectivityUDS}},
 		KubeletCertificateAuthority: f.kubeletCA, InsecureKubeletTLS: f.insecureKubeletTLS,
+		// --egress=konnectivity without an external server: run it in the hub.
+		Konnectivity: hub.KonnectivityConfig{Enabled: f.egress == "konnectivity" && f.konnectivityUDS == "" && f.egressConfig == "", AgentPort: f.konnectivityPort},
 	}
 	for _, t := range f.kubeletAddressTypes {
 		switch corev1.NodeAddressType(t) {

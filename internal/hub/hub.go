@@ -14,9 +14,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	restclient "k8s.io/client-go/rest"
@@ -26,6 +28,7 @@ import (
 	"github.com/tether-dev/tether/internal/bootstraptoken"
 	"github.com/tether-dev/tether/internal/controllers"
 	"github.com/tether-dev/tether/internal/egress"
+	"github.com/tether-dev/tether/internal/konnectivity/server"
 	"github.com/tether-dev/tether/internal/pki"
 	"github.com/tether-dev/tether/internal/storage"
 
@@ -61,6 +64,8 @@ type Config struct {
 	BootstrapTokenTTL time.Duration
 	// Egress selects how the hub reaches the cluster network.
 	Egress egress.Config
+	// Konnectivity runs a Konnectivity server in the hub (egress through it).
+	Konnectivity KonnectivityConfig
 	// KubeletCertificateAuthority verifies kubelet serving certificates; zero
 	// value: the cluster CA.
 	KubeletCertificateAuthority string
@@ -77,6 +82,7 @@ type Config struct {
 type Hub struct {
 	cfg       Config
 	egress    *egress.Selector
+	loopback  atomic.Pointer[kubernetes.Clientset]
 	ready     chan struct{}
 	readyOnce sync.Once
 	server    string
@@ -152,6 +158,21 @@ func (h *Hub) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var konn *konnectivity
+	if h.cfg.Konnectivity.Enabled {
+		konn, err = h.newKonnectivity(cluster, servingChain, func(name string) (*corev1.Node, error) {
+			c := h.loopback.Load()
+			if c == nil {
+				return nil, fmt.Errorf("hub is starting")
+			}
+			return c.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+		})
+		if err != nil {
+			return err
+		}
+		h.cfg.Egress.Mode = egress.ModeKonnectivity
+		h.cfg.Egress.Konnectivity = konn.dialer()
+	}
 	if h.egress, err = egress.New(h.cfg.Egress); err != nil {
 		return fmt.Errorf("hub: %w", err)
 	}
@@ -198,6 +219,22 @@ func (h *Hub) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 
+	if konn != nil {
+		up := make(chan struct{})
+		konn.listen.Ready = func(server.Addrs) { close(up) }
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := konn.srv.Run(ctx, konn.listen); err != nil {
+				errc <- fmt.Errorf("konnectivity server: %w", err)
+			}
+		}()
+		if err := waitSocket(ctx, konn.uds, up); err != nil {
+			return err
+		}
+		log.Info("konnectivity server: agents connect here", "agents", konn.listen.AgentAddr, "frontend", konn.uds)
+	}
+
 	var port int
 	srv, err := apiserver.New(apiserver.Config{
 		Listener:    h.cfg.Listener,
@@ -212,7 +249,7 @@ func (h *Hub) Run(ctx context.Context) error {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					h.runControllers(hc.Context, hc.LoopbackClientConfig, cluster, serviceIP, port)
+					h.runControllers(hc.Context, hc.LoopbackClientConfig, cluster, serviceIP, port, konn)
 				}()
 				return nil
 			},
@@ -301,7 +338,7 @@ func clientHost(bind, advertise net.IP) net.IP {
 	return bind
 }
 
-func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, cluster *pki.Cluster, serviceIP net.IP, port int) {
+func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, cluster *pki.Cluster, serviceIP net.IP, port int, konn *konnectivity) {
 	log := h.cfg.Logger
 	loopback = restclient.CopyConfig(loopback)
 	loopback.WarningHandler = restclient.NoWarnings{}
@@ -313,6 +350,7 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 		log.Error("controllers: client", "err", err)
 		return
 	}
+	h.loopback.Store(client)
 	// The RBAC bootstrap policy is written while the hub gets ready; the
 	// controllers that depend on it start once it is in place.
 	policyDone := make(chan struct{})
@@ -378,6 +416,9 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 	}
 	// First bootstrap pass before declaring the hub ready.
 	retry(ctx, log, "bootstrap", func() error { return boot.Reconcile(ctx) })
+	if konn != nil {
+		retry(ctx, log, "konnectivity config map", func() error { return publishKonnectivity(ctx, client, konn.addr) })
+	}
 	for _, tok := range h.cfg.BootstrapTokens {
 		ttl := h.cfg.BootstrapTokenTTL
 		if ttl == 0 {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -33,6 +34,7 @@ import (
 	"github.com/tether-dev/tether/internal/nodeagent/kubeletapi"
 	"github.com/tether-dev/tether/internal/nodeagent/runtime"
 	"github.com/tether-dev/tether/internal/nodeagent/servicenet"
+	"github.com/tether-dev/tether/internal/nodeagent/tunnel"
 )
 
 // Config configures an Agent. Zero values are documented per field.
@@ -76,7 +78,10 @@ type Config struct {
 	BackoffBase, BackoffMax time.Duration
 	StopPodsOnExit          bool
 
-	Logger *slog.Logger
+	// Konnectivity is "auto" (zero value: run the Konnectivity agent when the
+	// hub publishes a server), "off", or an explicit host:port.
+	Konnectivity string
+	Logger       *slog.Logger
 }
 
 // Agent is the node agent.
@@ -316,6 +321,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	start("node-status", node.run)
 	start("lease", node.runLease)
 	start("pods", pods.run)
+	if a.cfg.Konnectivity != "off" {
+		server := a.cfg.Konnectivity
+		if server == "auto" {
+			server = ""
+		}
+		var addrs []netip.Addr
+		if ip, ok := netip.AddrFromSlice(a.cfg.NodeIP); ok {
+			addrs = append(addrs, ip.Unmap())
+		}
+		tun, err := tunnel.New(tunnel.Config{Client: client, Server: server, NodeName: a.cfg.NodeName, Addresses: addrs,
+			CertFile: filepath.Join(a.pkiDir(), "kubelet-client-current.pem"), CAPEM: a.caPEM,
+			Logger: a.log.With("component", "konnectivity")})
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return fmt.Errorf("nodeagent: %w", err)
+		}
+		start("konnectivity", tun.Run)
+	}
 	a.once.Do(func() { close(a.ready) })
 	a.log.Info("node agent running", "server", a.server, "kubelet", ln.Addr().String(), "nodeIP", a.cfg.NodeIP.String())
 
