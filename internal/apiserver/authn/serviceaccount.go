@@ -188,6 +188,9 @@ func (a *SATokenAuthenticator) AuthenticateToken(ctx context.Context, raw string
 		jwt.WithTimeFunc(a.now),
 		jwt.WithExpirationRequired(),
 		jwt.WithLeeway(0),
+		// Canonical base64 only: otherwise the unused low bits of a segment's
+		// last character make one token many accepted strings.
+		jwt.WithStrictDecoding(),
 	)
 	// Cheap pre-check: not ours → let other authenticators try.
 	unverified, _, err := parser.ParseUnverified(raw, &Claims{})
