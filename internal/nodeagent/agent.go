@@ -198,6 +198,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("nodeagent: %w", err)
 	}
 	nodeConfig.UserAgent = "tether-agent/" + a.cfg.NodeName
+	// kubelet's defaults (kubeAPIQPS 50, kubeAPIBurst 100): pod start-up
+	// costs a TokenRequest, a ConfigMap read and status writes per pod.
+	nodeConfig.QPS, nodeConfig.Burst = 50, 100
+	nodeConfig.WarningHandler = rest.NoWarnings{}
 	client, err := kubernetes.NewForConfig(nodeConfig)
 	if err != nil {
 		return fmt.Errorf("nodeagent: client: %w", err)
