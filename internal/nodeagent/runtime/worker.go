@@ -490,8 +490,7 @@ func (c *container) start() (*procEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	argv[0] = path
-	if wrapped, ok := withMounts(mounts, argv); ok {
+	if wrapped, ok := withMounts(mounts, append([]string{path}, argv[1:]...)); ok {
 		path, argv = wrapped[0], wrapped
 	}
 	sink, err := newLogSink(c.logPath(restarts), w.rt.cfg.LogMaxBytes)
