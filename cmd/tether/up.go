@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"net"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/tether-dev/tether/internal/bootstraptoken"
 	"github.com/tether-dev/tether/internal/hub"
+	"github.com/tether-dev/tether/internal/nodeagent"
 )
 
 func newUpCmd() *cobra.Command {
@@ -25,14 +29,11 @@ func newUpCmd() *cobra.Command {
 			if nodes < 0 {
 				return errors.New("--nodes must be >= 0")
 			}
-			if nodes > 0 {
-				return errors.New("--nodes > 0 needs the node agent, which this build does not have yet; use --nodes 0")
-			}
 			cfg, err := f.config()
 			if err != nil {
 				return err
 			}
-			return runUp(cmd.Context(), cmd.OutOrStdout(), cfg, f.verbose)
+			return runUp(cmd.Context(), cmd.OutOrStdout(), cfg, nodes, f.verbose)
 		},
 	}
 	f.add(cmd.Flags(), defaultStateDir())
@@ -44,7 +45,7 @@ func newUpCmd() *cobra.Command {
 	return withConfig(cmd)
 }
 
-func runUp(ctx context.Context, out io.Writer, cfg hub.Config, verbose bool) error {
+func runUp(ctx context.Context, out io.Writer, cfg hub.Config, nodes int, verbose bool) error {
 	start := time.Now()
 	if cfg.AdvertiseAddress == nil && cfg.BindAddress.IsLoopback() {
 		cfg.AdvertiseAddress = cfg.BindAddress
@@ -56,6 +57,16 @@ func runUp(ctx context.Context, out io.Writer, cfg hub.Config, verbose bool) err
 	defer logFile.Close()
 	cfg.Logger = newLoggerTo(logFile, verbose)
 	fmt.Fprintf(out, "• data dir %s (log: %s)\n", cfg.DataDir, logFile.Name())
+	// Nodes join the way remote nodes do: by bootstrap token (TLS
+	// bootstrapping), pinning the cluster CA. The token is kept in the data
+	// dir so a resumed cluster reuses it.
+	token, err := upToken(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if nodes > 0 {
+		cfg.BootstrapTokens = append(cfg.BootstrapTokens, token)
+	}
 	h, err := hub.New(cfg)
 	if err != nil {
 		return err
@@ -74,14 +85,88 @@ func runUp(ctx context.Context, out io.Writer, cfg hub.Config, verbose bool) err
 		return err
 	}
 	fmt.Fprintf(out, "• hub ready at %s in %s\n", h.Server(), time.Since(start).Round(time.Millisecond))
+	agents, err := startNodes(ctx, out, cfg, h, token, nodes, done)
+	if err != nil {
+		cancel()
+		<-done
+		return err
+	}
+	if nodes > 0 {
+		fmt.Fprintf(out, "• %d node(s) ready in %s\n", nodes, time.Since(start).Round(time.Millisecond))
+	}
 	fmt.Fprintf(out, "\nCluster is up. In another shell:\n\n  export KUBECONFIG=%s\n  kubectl get ns\n\nCtrl-C stops the cluster; `tether up --data-dir %s` resumes it.\n", h.AdminKubeconfig(), cfg.DataDir)
 	if err := os.WriteFile(filepath.Join(cfg.DataDir, "up.ready"), []byte(h.Server()+"\n"), 0o600); err != nil {
 		return err
 	}
 	defer os.Remove(filepath.Join(cfg.DataDir, "up.ready"))
 	err = <-done
+	cancel()
+	for _, a := range agents {
+		<-a
+	}
 	fmt.Fprintln(out, "• cluster stopped")
 	return err
+}
+
+// upToken returns the bootstrap token of this local cluster, creating it once.
+func upToken(dir string) (string, error) {
+	path := filepath.Join(dir, "up.token")
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	tok, err := bootstraptoken.Generate()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	return tok, os.WriteFile(path, []byte(tok+"\n"), 0o600)
+}
+
+// startNodes runs n node agents in this process, each joined by bootstrap
+// token with its own data dir and kubelet port, and waits until they are
+// running. The returned channels close when each agent has stopped.
+func startNodes(ctx context.Context, out io.Writer, cfg hub.Config, h *hub.Hub, token string, n int, hubDone <-chan error) ([]chan struct{}, error) {
+	var stopped []chan struct{}
+	caFile := filepath.Join(cfg.DataDir, "pki", "ca.crt")
+	for i := 1; i <= n; i++ {
+		name := fmt.Sprintf("node-%d", i)
+		ln, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress.String(), "0"))
+		if err != nil {
+			return stopped, err
+		}
+		a, err := nodeagent.New(nodeagent.Config{
+			Server: h.Server(), NodeName: name, DataDir: filepath.Join(cfg.DataDir, "nodes", name),
+			Token: token, CACertFile: caFile, NodeIP: cfg.AdvertiseAddress, KubeletListener: ln,
+			StopPodsOnExit: true, Konnectivity: "auto",
+			Logger: cfg.Logger.With("node", name),
+		})
+		if err != nil {
+			ln.Close()
+			return stopped, err
+		}
+		done := make(chan struct{})
+		errc := make(chan error, 1)
+		go func() {
+			defer close(done)
+			if err := a.Run(ctx); err != nil {
+				errc <- err
+			}
+		}()
+		stopped = append(stopped, done)
+		select {
+		case <-a.Ready():
+			fmt.Fprintf(out, "• %s joined (kubelet %s)\n", name, ln.Addr())
+		case err := <-errc:
+			return stopped, fmt.Errorf("%s: %w", name, err)
+		case err := <-hubDone:
+			return stopped, fmt.Errorf("hub stopped: %v", err)
+		case <-ctx.Done():
+			return stopped, ctx.Err()
+		}
+	}
+	return stopped, nil
 }
 
 func openLog(dir string) (*os.File, error) {
