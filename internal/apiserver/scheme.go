@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authenticationv1beta1 "k8s.io/api/authentication/v1beta1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -12,6 +13,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/conversion"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
@@ -28,6 +30,9 @@ var groupVersions = []struct {
 	{certificatesv1.SchemeGroupVersion, certificatesv1.AddToScheme},
 	{rbacv1.SchemeGroupVersion, rbacv1.AddToScheme},
 	{authenticationv1.SchemeGroupVersion, authenticationv1.AddToScheme},
+	// Only SelfSubjectReview, for kubectl 1.27 whose `auth whoami` knows
+	// no other version.
+	{authenticationv1beta1.SchemeGroupVersion, addSelfSubjectReviewV1beta1},
 	{authorizationv1.SchemeGroupVersion, authorizationv1.AddToScheme},
 	{policyv1.SchemeGroupVersion, policyv1.AddToScheme},
 }
@@ -54,7 +59,9 @@ func NewScheme() (*runtime.Scheme, error) {
 				continue
 			}
 			obj, ok := runtimeObjectOf(typ)
-			if !ok {
+			if !ok || s.Recognizes(internal.WithKind(kind)) {
+				// An older version of a kind: its internal form is the
+				// newest version's type (see addSelfSubjectReviewV1beta1).
 				continue
 			}
 			s.AddKnownTypeWithName(internal.WithKind(kind), obj)
@@ -80,4 +87,27 @@ func isMetaKind(kind string) bool {
 		return true
 	}
 	return false
+}
+
+// addSelfSubjectReviewV1beta1 registers authentication.k8s.io/v1beta1
+// SelfSubjectReview with conversions to and from v1, whose type is the
+// group's internal form.
+func addSelfSubjectReviewV1beta1(s *runtime.Scheme) error {
+	gv := authenticationv1beta1.SchemeGroupVersion
+	s.AddKnownTypes(gv, &authenticationv1beta1.SelfSubjectReview{})
+	metav1.AddToGroupVersion(s, gv)
+	if err := s.AddConversionFunc((*authenticationv1beta1.SelfSubjectReview)(nil), (*authenticationv1.SelfSubjectReview)(nil), func(a, b any, _ conversion.Scope) error {
+		in, out := a.(*authenticationv1beta1.SelfSubjectReview), b.(*authenticationv1.SelfSubjectReview)
+		out.ObjectMeta = in.ObjectMeta
+		out.Status.UserInfo = in.Status.UserInfo
+		return nil
+	}); err != nil {
+		return err
+	}
+	return s.AddConversionFunc((*authenticationv1.SelfSubjectReview)(nil), (*authenticationv1beta1.SelfSubjectReview)(nil), func(a, b any, _ conversion.Scope) error {
+		in, out := a.(*authenticationv1.SelfSubjectReview), b.(*authenticationv1beta1.SelfSubjectReview)
+		out.ObjectMeta = in.ObjectMeta
+		out.Status.UserInfo = in.Status.UserInfo
+		return nil
+	})
 }

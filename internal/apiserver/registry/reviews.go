@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authenticationv1beta1 "k8s.io/api/authentication/v1beta1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,6 +26,10 @@ func Reviews(tokens authenticator.Token, authz authorizer.Authorizer, rules auth
 	out := map[schema.GroupVersion]map[string]rest.Storage{
 		authenticationv1.SchemeGroupVersion: {
 			"tokenreviews":       &tokenReviewREST{tokens: tokens, audiences: apiAudiences},
+			"selfsubjectreviews": &selfSubjectReviewREST{},
+		},
+		// kubectl 1.27's `auth whoami`; the scheme converts to and from v1.
+		authenticationv1beta1.SchemeGroupVersion: {
 			"selfsubjectreviews": &selfSubjectReviewREST{},
 		},
 		authorizationv1.SchemeGroupVersion: {
