@@ -84,8 +84,9 @@ type Hub struct {
 	egress    *egress.Selector
 	loopback  atomic.Pointer[kubernetes.Clientset]
 	ready     chan struct{}
-	readyOnce sync.Once
-	server    string
+	readyOnce     sync.Once
+	server        string
+	etcdEndpoints []string
 }
 
 // New validates cfg.
@@ -116,6 +117,9 @@ func (h *Hub) Ready() <-chan struct{} { return h.ready }
 
 // AdminKubeconfig is the path of the admin kubeconfig (valid once Ready).
 func (h *Hub) AdminKubeconfig() string { return filepath.Join(h.cfg.DataDir, "admin.kubeconfig") }
+
+// EtcdEndpoints are the etcd client URLs in use (valid once Ready).
+func (h *Hub) EtcdEndpoints() []string { return h.etcdEndpoints }
 
 // Server is the URL clients on this machine use (valid once Ready).
 func (h *Hub) Server() string { return h.server }
@@ -211,6 +215,8 @@ func (h *Hub) Run(ctx context.Context) error {
 		}
 		etcdServers = member.Endpoints()
 	}
+
+	h.etcdEndpoints = etcdServers
 
 	// Registered after etcd's, so these run first: controllers and the API
 	// server stop before the store does.

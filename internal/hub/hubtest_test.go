@@ -19,9 +19,13 @@ type testHub struct {
 	*Hub
 	Admin *restclient.Config
 	Dir   string
+
+	etcdEndpoints []string
 }
 
-func startHub(t *testing.T, tweak func(*Config)) *testHub {
+func startHub(t *testing.T, tweak func(*Config)) *testHub { return startHubTB(t, tweak) }
+
+func startHubTB(t testing.TB, tweak func(*Config)) *testHub {
 	t.Helper()
 	dir := t.TempDir()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -62,7 +66,7 @@ func startHub(t *testing.T, tweak func(*Config)) *testHub {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testHub{Hub: h, Admin: admin, Dir: dir}
+	return &testHub{Hub: h, Admin: admin, Dir: dir, etcdEndpoints: h.EtcdEndpoints()}
 }
 
 func (h *testHub) client(t *testing.T, cfg *restclient.Config) kubernetes.Interface {
