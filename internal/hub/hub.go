@@ -80,10 +80,10 @@ type Config struct {
 
 // Hub is the server role.
 type Hub struct {
-	cfg       Config
-	egress    *egress.Selector
-	loopback  atomic.Pointer[kubernetes.Clientset]
-	ready     chan struct{}
+	cfg           Config
+	egress        *egress.Selector
+	loopback      atomic.Pointer[kubernetes.Clientset]
+	ready         chan struct{}
 	readyOnce     sync.Once
 	server        string
 	etcdEndpoints []string
