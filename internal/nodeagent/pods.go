@@ -43,6 +43,36 @@ type podSync struct {
 	synced bool
 
 	proxy *servicenet.Proxy
+
+	caMu    sync.Mutex
+	caCache map[string]cachedCA // namespace → kube-root-ca.crt
+}
+
+type cachedCA struct {
+	pem []byte
+	at  time.Time
+}
+
+// rootCA returns the namespace's kube-root-ca.crt bundle (cached for a
+// minute), or the agent's cluster CA when it cannot be read.
+func (p *podSync) rootCA(ctx context.Context, ns string) []byte {
+	p.caMu.Lock()
+	c, ok := p.caCache[ns]
+	p.caMu.Unlock()
+	if ok && time.Since(c.at) < time.Minute {
+		return c.pem
+	}
+	caPEM := p.a.caPEM
+	if cm, err := p.client.CoreV1().ConfigMaps(ns).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{}); err == nil && cm.Data["ca.crt"] != "" {
+		caPEM = []byte(cm.Data["ca.crt"])
+	}
+	p.caMu.Lock()
+	if p.caCache == nil {
+		p.caCache = map[string]cachedCA{}
+	}
+	p.caCache[ns] = cachedCA{pem: caPEM, at: time.Now()}
+	p.caMu.Unlock()
+	return caPEM
 }
 
 func newPodSync(a *Agent, client kubernetes.Interface) *podSync {
@@ -327,10 +357,7 @@ func (p *podSync) writeSA(ctx context.Context, pod *corev1.Pod) error {
 	if tr.Status.Token == "" {
 		return errors.New("service account token: empty TokenRequest response")
 	}
-	caPEM := p.a.caPEM
-	if cm, err := p.client.CoreV1().ConfigMaps(pod.Namespace).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{}); err == nil && cm.Data["ca.crt"] != "" {
-		caPEM = []byte(cm.Data["ca.crt"])
-	}
+	caPEM := p.rootCA(ctx, pod.Namespace)
 	dir := p.saDir(pod.UID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("service account dir: %w", err)
