@@ -179,7 +179,7 @@ func setupNodePaths(c *cluster) (*nodePaths, error) {
 }
 
 var plainClient = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
-	TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // test server with a self-signed certificate
+	TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // test server with a self-signed certificate
 	DisableKeepAlives: true,
 }}
 
