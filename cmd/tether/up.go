@@ -38,10 +38,14 @@ func newUpCmd() *cobra.Command {
 	}
 	f.add(cmd.Flags(), defaultStateDir())
 	cmd.Flags().IntVar(&nodes, "nodes", 0, "number of node agents to start")
-	// A local cluster listens on loopback unless told otherwise.
-	_ = cmd.Flags().Set("bind-address", "127.0.0.1")
-	cmd.Flags().Lookup("bind-address").Changed = false
-	cmd.Flags().Lookup("bind-address").DefValue = "127.0.0.1"
+	// A local cluster listens on loopback unless told otherwise, and its
+	// service VIPs are loopback addresses too, so the node agents' service
+	// proxy can serve them without root and nothing can leave the machine.
+	for flag, value := range map[string]string{"bind-address": "127.0.0.1", "service-cluster-ip-range": "127.96.0.0/16"} {
+		_ = cmd.Flags().Set(flag, value)
+		cmd.Flags().Lookup(flag).Changed = false
+		cmd.Flags().Lookup(flag).DefValue = value
+	}
 	return withConfig(cmd)
 }
 
