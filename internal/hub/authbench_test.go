@@ -3,8 +3,8 @@ package hub
 import (
 	"context"
 	"crypto"
-	"crypto/x509"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -153,7 +153,7 @@ func BenchmarkAuthPerRequest(b *testing.B) {
 			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "writer"}, Subjects: subj})
 		ns := fmt.Sprintf("ns-%d", i%50)
 		objs = append(objs, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("rb-%d", i)},
-			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "reader"},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "reader"},
 			Subjects: []rbacv1.Subject{subj[0], {Kind: "ServiceAccount", Namespace: ns, Name: "app"}}})
 	}
 	client := fake.NewClientset(objs...)
