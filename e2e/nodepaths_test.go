@@ -223,9 +223,15 @@ type lineStream struct {
 	all    strings.Builder
 }
 
-func startLines(t *testing.T, k *kubectl, args ...string) *lineStream {
+func startLines(t testing.TB, k *kubectl, args ...string) *lineStream {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), kubectlCommandTimeout)
+	return startLinesFor(t, kubectlCommandTimeout, k, args...)
+}
+
+// startLinesFor is startLines with the process bounded by d.
+func startLinesFor(t testing.TB, d time.Duration, k *kubectl, args ...string) *lineStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	cmd := exec.CommandContext(ctx, k.path, args...)
 	cmd.Env = k.env
 	pr, pw := io.Pipe()
@@ -267,7 +273,7 @@ func (s *lineStream) output() string {
 
 // waitLine returns the first line matching re within d; poke (if not nil)
 // is called before the first wait and then every 200ms while waiting.
-func (s *lineStream) waitLine(t *testing.T, re *regexp.Regexp, d time.Duration, poke func(i int)) []string {
+func (s *lineStream) waitLine(t testing.TB, re *regexp.Regexp, d time.Duration, poke func(i int)) []string {
 	t.Helper()
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
