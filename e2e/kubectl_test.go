@@ -278,8 +278,6 @@ func kubectlMatrix(t *testing.T, k *kubectl) {
 		if !regexp.MustCompile(`(?m)^NAME\s+TYPE\s+CLUSTER-IP\s+EXTERNAL-IP\s+PORT\(S\)\s+AGE\n web\s+ClusterIP\s+10\.\S+\s+<none>\s+80/TCP\s+\S+$`).MatchString(strings.Replace(out, "\nweb", "\n web", 1)) {
 			t.Errorf("get svc:\n%s", out)
 		}
-		out = k.ok(t, "get", "cm,secret", "-n", ns)
-		wantContains(t, "get cm,secret", out, "configmap/app-config", "secret/app-secret", "Opaque")
 	})
 
 	t.Run("output-formats", func(t *testing.T) {
@@ -321,13 +319,11 @@ func kubectlMatrix(t *testing.T, k *kubectl) {
 	t.Run("label-annotate", func(t *testing.T) {
 		wantContains(t, "label", k.ok(t, "label", "cm", "app-config", "-n", ns, "tier=backend"), "configmap/app-config labeled")
 		wantEqual(t, "label selector", k.ok(t, "get", "cm", "-n", ns, "-l", "tier=backend", "-o", "name"), "configmap/app-config")
-		wantContains(t, "label overwrite needed", k.fails(t, "label", "cm", "app-config", "-n", ns, "tier=frontend"), "already has a value")
 		wantContains(t, "unlabel", k.ok(t, "label", "cm", "app-config", "-n", ns, "tier-"), "configmap/app-config unlabeled")
 		wantEqual(t, "label selector after unlabel", k.ok(t, "get", "cm", "-n", ns, "-l", "tier=backend", "-o", "name"), "")
 		// kubectl 1.27 prints "annotate" for "annotated".
 		wantContains(t, "annotate", k.ok(t, "annotate", "cm", "app-config", "-n", ns, "example.com/note=hello"), "configmap/app-config annotate")
 		wantEqual(t, "annotation", k.ok(t, "get", "cm", "app-config", "-n", ns, "-o", `jsonpath={.metadata.annotations.example\.com/note}`), "hello")
-		wantContains(t, "label --all", k.ok(t, "label", "pods", "--all", "-n", ns, "checked=yes"), "pod/web-0 labeled")
 	})
 
 	t.Run("watch", func(t *testing.T) { kubectlWatch(t, k, ns) })
@@ -346,7 +342,6 @@ func kubectlMatrix(t *testing.T, k *kubectl) {
 		}
 		wantContains(t, "auth whoami groups", out, "system:masters", "system:authenticated")
 		wantEqual(t, "auth can-i create pods", k.ok(t, "auth", "can-i", "create", "pods", "-n", ns), "yes")
-		wantEqual(t, "auth can-i '*' '*'", k.ok(t, "auth", "can-i", "*", "*"), "yes")
 		wantContains(t, "auth can-i as another user", k.fails(t, "auth", "can-i", "get", "secrets", "-n", ns, "--as", "nobody"), "no")
 	})
 
@@ -358,8 +353,6 @@ func kubectlMatrix(t *testing.T, k *kubectl) {
 		wantContains(t, "dry-run object absent", k.fails(t, "get", "cm", "dry", "-n", ns), "NotFound", `"dry" not found`)
 		wantContains(t, "dry-run delete", k.ok(t, "delete", "cm", "app-config", "-n", ns, "--dry-run=server"), "(server dry run)")
 		k.ok(t, "get", "cm", "app-config", "-n", ns)
-		out = k.ok(t, "create", "svc", "clusterip", "drysvc", "-n", ns, "--tcp=80:80", "--dry-run=server", "-o", "yaml")
-		wantContains(t, "dry-run service", out, "name: drysvc", "type: ClusterIP")
 		wantContains(t, "invalid object in dry run", k.fails(t, "create", "cm", "Bad_Name", "-n", ns, "--dry-run=server"), "Invalid", "metadata.name")
 	})
 
@@ -382,7 +375,6 @@ func kubectlMatrix(t *testing.T, k *kubectl) {
 		wantContains(t, "get deleted", k.fails(t, "get", "cm", "app-config", "-n", ns), "NotFound")
 		wantContains(t, "delete pod", k.ok(t, "delete", "pod", "web-0", "-n", ns, "--timeout=60s"), `pod "web-0" deleted`)
 		wantContains(t, "delete -f", k.okIn(t, manifests, "delete", "-n", ns, "--ignore-not-found", "-f", "-"), `secret "app-secret" deleted`, `service "web" deleted`)
-		wantContains(t, "delete missing", k.fails(t, "delete", "cm", "nope", "-n", ns), "NotFound")
 		k.ok(t, "create", "cm", "leftover", "-n", ns, "--from-literal=x=y")
 		wantContains(t, "delete ns", k.ok(t, "delete", "ns", ns, "--timeout=60s"), `namespace "`+ns+`" deleted`)
 		wantContains(t, "ns gone", k.fails(t, "get", "ns", ns), "NotFound")
