@@ -256,7 +256,7 @@ func BenchmarkNodePathLogsFollowFirstByte(b *testing.B) {
 
 	// 100 concurrent follow streams on the hub: RSS growth per stream.
 	pid := e.c.Hub.pid()
-	before := rssKiB(b, pid)
+	before, beforeM := rssKiB(b, pid), hubMetrics(b, hc, e.c.Hub.URL())
 	const streams = 100
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -272,11 +272,37 @@ func BenchmarkNodePathLogsFollowFirstByte(b *testing.B) {
 		}
 		bodies = append(bodies, resp.Body)
 	}
-	after := rssKiB(b, pid)
+	after, afterM := rssKiB(b, pid), hubMetrics(b, hc, e.c.Hub.URL())
+	// RSS moves with the GC; heap in use and goroutines are steadier.
 	b.ReportMetric(float64(after-before)/streams, "hub-RSS-KiB/stream")
+	b.ReportMetric((afterM["go_memstats_heap_inuse_bytes"]-beforeM["go_memstats_heap_inuse_bytes"])/1024/streams, "hub-heap-KiB/stream")
+	b.ReportMetric((afterM["go_goroutines"]-beforeM["go_goroutines"])/streams, "hub-goroutines/stream")
 	for _, c := range bodies {
 		c.Close()
 	}
+}
+
+// hubMetrics reads the hub's Go runtime gauges from /metrics.
+func hubMetrics(tb testing.TB, hc *http.Client, base string) map[string]float64 {
+	tb.Helper()
+	resp, err := hc.Get(base + "/metrics")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	m := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if ok && (name == "go_goroutines" || name == "go_memstats_heap_inuse_bytes") {
+			m[name], _ = strconv.ParseFloat(strings.TrimSpace(val), 64)
+		}
+	}
+	if len(m) != 2 {
+		tb.Fatalf("/metrics: no go_goroutines / go_memstats_heap_inuse_bytes (%s)", resp.Status)
+	}
+	return m
 }
 
 func (h *hub) pid() int {
