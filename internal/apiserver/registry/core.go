@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
@@ -39,7 +39,7 @@ func namespaces() Resource {
 			PrepareCreate: func(_ context.Context, obj runtime.Object) {
 				ns := obj.(*corev1.Namespace)
 				ns.Status = corev1.NamespaceStatus{Phase: corev1.NamespaceActive}
-				if !hasFinalizer(ns.Spec.Finalizers, corev1.FinalizerKubernetes) {
+				if !slices.Contains(ns.Spec.Finalizers, corev1.FinalizerKubernetes) {
 					ns.Spec.Finalizers = append(ns.Spec.Finalizers, corev1.FinalizerKubernetes)
 				}
 			},
@@ -52,15 +52,6 @@ func namespaces() Resource {
 			},
 		},
 	}
-}
-
-func hasFinalizer(list []corev1.FinalizerName, f corev1.FinalizerName) bool {
-	for _, x := range list {
-		if x == f {
-			return true
-		}
-	}
-	return false
 }
 
 func configMaps() Resource {
@@ -326,7 +317,7 @@ func nodes() Resource {
 			},
 			ValidateUpdate: func(obj, old runtime.Object) field.ErrorList {
 				n, o := obj.(*corev1.Node), old.(*corev1.Node)
-				if len(o.Spec.PodCIDRs) > 0 && !equalStrings(n.Spec.PodCIDRs, o.Spec.PodCIDRs) {
+				if len(o.Spec.PodCIDRs) > 0 && !slices.Equal(n.Spec.PodCIDRs, o.Spec.PodCIDRs) {
 					return field.ErrorList{field.Forbidden(field.NewPath("spec", "podCIDRs"), "node updates may not change podCIDR except from \"\" to valid")}
 				}
 				return nil
@@ -359,18 +350,6 @@ func validateTaint(p *field.Path, t corev1.Taint) field.ErrorList {
 		errs = append(errs, field.NotSupported(p.Child("effect"), t.Effect, []string{"NoSchedule", "PreferNoSchedule", "NoExecute"}))
 	}
 	return errs
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func orUnknown(s string) string {
@@ -608,11 +587,3 @@ func validateProtocol(p *field.Path, proto corev1.Protocol) field.ErrorList {
 // pods are defined in pod.go.
 
 func formatInt(i int64) string { return strconv.FormatInt(i, 10) }
-
-// since formats a time as a relative age, or "" when zero.
-func since(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return age(metav1.NewTime(t))
-}

@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
@@ -117,8 +116,3 @@ type named struct {
 
 func (n *named) ShortNames() []string { return n.short }
 func (n *named) Categories() []string { return n.categories }
-
-// resourceKey is "plural" or "plural/sub".
-func resourceKey(plural string, sub ...string) string {
-	return strings.Join(append([]string{plural}, sub...), "/")
-}
