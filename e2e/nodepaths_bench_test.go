@@ -66,11 +66,19 @@ func kubeletRestConfig(e *nodePaths, a *agent) *rest.Config {
 // port-forward` (newest kubectl → hub → kubelet → pod) vs a direct loopback
 // connection to the same server. One op = 256 MiB through the hub (timed)
 // and 256 MiB direct (not timed).
+// Sub-benchmarks: the oldest kubectl (SPDY to the hub) and the newest
+// (SPDY tunnelled over WebSocket from 1.31).
 func BenchmarkNodePathPortForward(b *testing.B) {
-	const size = 256 << 20
 	paths := installedKubectls(b)
 	e := sharedNodePaths(b)
-	k := newKubectl(b, paths[len(paths)-1], e.c.Hub)
+	for _, p := range []string{paths[0], paths[len(paths)-1]} {
+		k := newKubectl(b, p, e.c.Hub)
+		b.Run("kubectl-"+k.version, func(b *testing.B) { benchPortForward(b, e, k) })
+	}
+}
+
+func benchPortForward(b *testing.B, e *nodePaths, k *kubectl) {
+	const size = 256 << 20
 	s := startLinesFor(b, 10*time.Minute, k, "port-forward", "-n", e.ns, "pod/web", "--address", "127.0.0.1", ":"+strconv.Itoa(e.httpPort))
 	m := s.waitLine(b, regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+)`), 30*time.Second, nil)
 	viaHub := "http://127.0.0.1:" + m[1] + "/bytes?n=" + strconv.Itoa(size)

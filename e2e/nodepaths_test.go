@@ -554,11 +554,47 @@ func TestNodePathsNegative(t *testing.T) {
 
 	t.Run("forged-kubelet", func(t *testing.T) {
 		out := k.fails(t, "logs", "-n", e.ns, "on-forged")
+		t.Logf("kubectl logs: %s", out)
 		wantContains(t, "kubectl logs from a forged kubelet", out, "certificate", "forged")
 		out = k.fails(t, "get", "--raw", "/api/v1/nodes/forged/proxy/healthz")
 		wantContains(t, "nodes/forged/proxy", out, "certificate")
 		if n := forgedHits.Load(); n != 0 {
 			t.Errorf("the forged kubelet received %d requests; nothing may be sent to it", n)
+		}
+	})
+
+	t.Run("another-nodes-kubelet-cert", func(t *testing.T) {
+		// A genuine serving certificate of n2 (signed by the cluster CA)
+		// presented at the forged node's address: wrong node, wrong SANs.
+		pair := filepath.Join(e.c.Agents[1].Dir, "pki", "kubelet-server-current.pem")
+		stolen, err := tls.LoadX509KeyPair(pair, pair)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hits atomic.Int64
+		thief := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			hits.Add(1)
+			fmt.Fprintln(w, "stolen-cert kubelet")
+		}))
+		if thief.Listener, err = net.Listen("tcp", forgedIP+":0"); err != nil {
+			t.Fatal(err)
+		}
+		thief.TLS = &tls.Config{Certificates: []tls.Certificate{stolen}}
+		thief.StartTLS()
+		defer thief.Close()
+		n, err := cs.CoreV1().Nodes().Get(ctx, "forged", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(thief.Listener.Addr().(*net.TCPAddr).Port)
+		if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		out := k.fails(t, "logs", "-n", e.ns, "on-forged")
+		t.Logf("kubectl logs: %s", out)
+		wantContains(t, "kubectl logs from a kubelet with n2's certificate", out, "certificate")
+		if hits.Load() != 0 {
+			t.Errorf("the kubelet with another node's certificate received %d requests", hits.Load())
 		}
 	})
 
