@@ -154,6 +154,7 @@ type SATokenAuthenticator struct {
 	objects   Objects
 	audiences []string
 	now       func() time.Time
+	cache     *tokenCache
 }
 
 // NewSATokenAuthenticator accepts tokens from any of issuers signed by any
@@ -173,7 +174,7 @@ func NewSATokenAuthenticator(issuers []string, keys []crypto.PublicKey, implicit
 	if now == nil {
 		now = time.Now
 	}
-	return &SATokenAuthenticator{issuers: issuers, keys: m, objects: objects, audiences: implicitAudiences, now: now}, nil
+	return &SATokenAuthenticator{issuers: issuers, keys: m, objects: objects, audiences: implicitAudiences, now: now, cache: newTokenCache(saCacheSize)}, nil
 }
 
 // errInvalid is what every rejection says to the client: nothing about why.
@@ -182,6 +183,14 @@ var errInvalid = errors.New("invalid bearer token")
 // AuthenticateToken implements authenticator.Token. A token that is not a
 // JWT from our issuers returns (nil, false, nil) so other authenticators run.
 func (a *SATokenAuthenticator) AuthenticateToken(ctx context.Context, raw string) (*authenticator.Response, bool, error) {
+	wanted := authenticator.Audiences(a.audiences)
+	if reqAuds, ok := authenticator.AudiencesFrom(ctx); ok {
+		wanted = reqAuds
+	}
+	key := tokenKey(raw)
+	if e, ok := a.cache.get(key); ok {
+		return a.fromCache(ctx, key, e, wanted)
+	}
 	var c Claims
 	parser := jwt.NewParser(
 		jwt.WithValidMethods([]string{"ES256", "ES384", "ES512", "RS256"}),
@@ -217,10 +226,6 @@ func (a *SATokenAuthenticator) AuthenticateToken(ctx context.Context, raw string
 	if err != nil {
 		return nil, false, errInvalid
 	}
-	wanted := authenticator.Audiences(a.audiences)
-	if reqAuds, ok := authenticator.AudiencesFrom(ctx); ok {
-		wanted = reqAuds
-	}
 	auds := wanted.Intersect(authenticator.Audiences(c.Audience))
 	if len(auds) == 0 {
 		return nil, false, errInvalid
@@ -229,9 +234,39 @@ func (a *SATokenAuthenticator) AuthenticateToken(ctx context.Context, raw string
 	if k.Namespace == "" || k.ServiceAccount.Name == "" || c.Subject != serviceaccount.MakeUsername(k.Namespace, k.ServiceAccount.Name) {
 		return nil, false, errInvalid
 	}
-	info := &serviceaccount.ServiceAccountInfo{Namespace: k.Namespace, Name: k.ServiceAccount.Name, UID: k.ServiceAccount.UID, CredentialID: "JTI=" + c.ID}
-	if err := a.checkBound(ctx, k, info); err != nil {
+	base := serviceaccount.ServiceAccountInfo{Namespace: k.Namespace, Name: k.ServiceAccount.Name, UID: k.ServiceAccount.UID, CredentialID: "JTI=" + c.ID}
+	info := base
+	if err := a.checkBound(ctx, k, &info); err != nil {
 		return nil, false, errInvalid
+	}
+	now := a.now()
+	a.cache.put(key, &cachedToken{exp: c.ExpiresAt.Time, auds: c.Audience, k: k, base: base, info: info, checked: now}, now)
+	return &authenticator.Response{User: info.UserInfo(), Audiences: auds}, true, nil
+}
+
+// fromCache answers for a token verified before: still unexpired, audience
+// intersecting, bound objects re-checked when the last check is older than
+// saCacheRecheck.
+func (a *SATokenAuthenticator) fromCache(ctx context.Context, key [32]byte, e *cachedToken, wanted authenticator.Audiences) (*authenticator.Response, bool, error) {
+	now := a.now()
+	if !now.Before(e.exp) {
+		a.cache.del(key)
+		return nil, false, errInvalid
+	}
+	auds := wanted.Intersect(authenticator.Audiences(e.auds))
+	if len(auds) == 0 {
+		return nil, false, errInvalid
+	}
+	info := e.info
+	if now.Sub(e.checked) >= saCacheRecheck || now.Before(e.checked) {
+		info = e.base
+		if err := a.checkBound(ctx, e.k, &info); err != nil {
+			a.cache.del(key)
+			return nil, false, errInvalid
+		}
+		ne := *e
+		ne.info, ne.checked = info, now
+		a.cache.put(key, &ne, now)
 	}
 	return &authenticator.Response{User: info.UserInfo(), Audiences: auds}, true, nil
 }
