@@ -165,4 +165,3 @@ func NodeDestinations(node *corev1.Node, kubeletPort int) Destinations {
 	}
 	return d
 }
-

@@ -200,8 +200,12 @@ func echoOnce(t testing.TB, c net.Conn, msg string) {
 
 // setup: echo server, our endpoint allowing only the echo port, tunneler.
 func setup(t testing.TB) (*Tunneler, *net.TCPAddr, ssh.Signer, *net.TCPAddr, *fakeNodes) {
+	return setupWith(t, echoServer(t))
+}
+
+// setupWith: our endpoint allowing only echo's port, and a tunneler.
+func setupWith(t testing.TB, echo *net.TCPAddr) (*Tunneler, *net.TCPAddr, ssh.Signer, *net.TCPAddr, *fakeNodes) {
 	hub, host := newSigner(t), newSigner(t)
-	echo := echoServer(t)
 	ip := netip.MustParseAddr("127.0.0.1")
 	sshAddr := startEndpoint(t, host, hub.PublicKey(), Destinations{IPs: []netip.Addr{ip}, Ports: []uint16{uint16(echo.Port)}})
 	nodes := &fakeNodes{}
