@@ -147,3 +147,47 @@ func TestEndpointResetReachesClientAsError(t *testing.T) {
 	}
 	t.Logf("after %d bytes: %v", n, err)
 }
+
+// TestAgentKilledMidTransfer cuts the agent's connection without letting the
+// agent say anything (a killed process, a dead path): the client must see an
+// error within 1 s, not a clean EOF, and the endpoint connection must go.
+func TestAgentKilledMidTransfer(t *testing.T) {
+	pki := newPKI(t)
+	backend := konnectivitytest.NewBackend(t)
+	e := startOurServer(t, pki, serverOpts{})
+	path := konnectivitytest.NewProxy(t, e.agentAddr)
+	a := startOurAgent(t, e, agentOpts{id: "a1", servers: []string{path.Addr()}, cfg: agent.Config{SyncInterval: time.Hour}})
+	d := newDialer(t, e, frontendKind{})
+	c, err := d.DialContext(context.Background(), "tcp", backend.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := konnectivitytest.Command(c, konnectivitytest.CmdDownload, 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	path.Kill()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, c)
+		if err == nil {
+			err = io.EOF
+		}
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		if errors.Is(err, io.EOF) {
+			t.Fatal("killed agent looked like a clean EOF")
+		}
+		t.Logf("read failed as expected: %v", err)
+	case <-time.After(failFast):
+		t.Fatal("connection not failed within 1s of the agent's death")
+	}
+	konnectivitytest.Eventually(t, 10*time.Second, "agent-side endpoint connection closed", func() bool {
+		return a.ours.OpenConns() == 0 && backend.Conns() == 0
+	})
+}

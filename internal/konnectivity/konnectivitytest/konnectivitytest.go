@@ -284,27 +284,30 @@ func EchoRoundTrip(c net.Conn, msg []byte) error {
 	return nil
 }
 
-// NewRoundRobinProxy starts a loopback TCP proxy that sends each new
-// connection to the next of targets (a stand-in for a load balancer).
+// Proxy is a loopback TCP proxy that sends each new connection to the next
+// of its targets (a stand-in for a load balancer, or a network path that can
+// be cut).
+type Proxy struct {
+	l    net.Listener
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	open map[net.Conn]struct{}
+}
+
+// NewRoundRobinProxy starts a Proxy and returns its address.
 func NewRoundRobinProxy(t testing.TB, targets ...string) string {
+	return NewProxy(t, targets...).Addr()
+}
+
+// NewProxy starts a Proxy; it is stopped at test cleanup.
+func NewProxy(t testing.TB, targets ...string) *Proxy {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	open := map[net.Conn]struct{}{}
-	track := func(c net.Conn, add bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if add {
-			open[c] = struct{}{}
-		} else {
-			delete(open, c)
-		}
-	}
-	wg.Go(func() {
+	p := &Proxy{l: l, open: map[net.Conn]struct{}{}}
+	p.wg.Go(func() {
 		for i := 0; ; i++ {
 			c, err := l.Accept()
 			if err != nil {
@@ -315,28 +318,50 @@ func NewRoundRobinProxy(t testing.TB, targets ...string) string {
 				_ = c.Close()
 				continue
 			}
-			track(c, true)
-			track(up, true)
-			wg.Go(func() {
+			p.track(c, true)
+			p.track(up, true)
+			p.wg.Go(func() {
 				_, _ = io.Copy(up, c)
 				_ = up.Close()
-				track(up, false)
+				p.track(up, false)
 			})
-			wg.Go(func() {
+			p.wg.Go(func() {
 				_, _ = io.Copy(c, up)
 				_ = c.Close()
-				track(c, false)
+				p.track(c, false)
 			})
 		}
 	})
 	t.Cleanup(func() {
 		_ = l.Close()
-		mu.Lock()
-		for c := range open {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+		p.Kill()
+		p.wg.Wait()
 	})
-	return l.Addr().String()
+	return p
+}
+
+func (p *Proxy) track(c net.Conn, add bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		p.open[c] = struct{}{}
+	} else {
+		delete(p.open, c)
+	}
+}
+
+// Addr returns the proxy's address.
+func (p *Proxy) Addr() string { return p.l.Addr().String() }
+
+// Kill resets every proxied connection, as if the peer process died or the
+// network path was cut: neither end gets to send anything more.
+func (p *Proxy) Kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.open {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		_ = c.Close()
+	}
 }
