@@ -181,6 +181,11 @@ func TestGracefulTermination(t *testing.T) {
 		if len(cs) != 1 || cs[0].State.Running == nil {
 			return fmt.Errorf("%+v", cs)
 		}
+		// The trap is installed once "ready" is printed.
+		var buf bytes.Buffer
+		if err := h.rt.Logs(context.Background(), "ns", "p-stubborn", "c", LogOptions{}, &buf); err != nil || !strings.Contains(buf.String(), "ready") {
+			return fmt.Errorf("not ready yet: %q %v", buf.String(), err)
+		}
 		return nil
 	})
 	now := metav1.Now()
