@@ -20,7 +20,9 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/tools/remotecommand"
+	"k8s.io/client-go/transport/spdy"
 )
 
 // Benchmarks of the control plane → node paths through the hub, each
@@ -96,8 +98,12 @@ func benchPortForward(b *testing.B, e *nodePaths, k *kubectl) {
 		}
 		return time.Since(start)
 	}
+	kubeletPort, stopKubelet := kubeletPortForward(b, e, e.c.Agents[1], e.httpPort)
+	defer stopKubelet()
+	viaKubelet := "http://127.0.0.1:" + kubeletPort + "/bytes?n=" + strconv.Itoa(size)
 	fetch(viaHub) // warm: the first stream sets up the SPDY connection
-	var hubT, directT time.Duration
+	fetch(viaKubelet)
+	var hubT, directT, kubeletT time.Duration
 	b.SetBytes(size)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -105,13 +111,58 @@ func benchPortForward(b *testing.B, e *nodePaths, k *kubectl) {
 		hubT += fetch(viaHub)
 		b.StopTimer()
 		directT += fetch(direct)
+		kubeletT += fetch(viaKubelet)
 		b.StartTimer()
 	}
 	b.StopTimer()
 	mbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / (1 << 20) }
 	b.ReportMetric(mbps(hubT), "hub-MiB/s")
 	b.ReportMetric(mbps(directT), "direct-MiB/s")
+	b.ReportMetric(mbps(kubeletT), "kubelet-direct-MiB/s")
 	b.ReportMetric(mbps(hubT)/mbps(directT), "hub/direct")
+	b.ReportMetric(mbps(hubT)/mbps(kubeletT), "hub/kubelet-direct")
+}
+
+// kubeletPortForward forwards a local port to port of pod "web" straight
+// through agent a's kubelet API (client-go SPDY port-forwarder with the
+// hub's kubelet-client identity): the hub's share of the cost is the
+// difference to the path through the hub.
+func kubeletPortForward(b *testing.B, e *nodePaths, a *agent, port int) (string, func()) {
+	cfg := kubeletRestConfig(e, a)
+	rt, upgrader, err := spdy.RoundTripperFor(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	u, err := url.Parse(cfg.Host + "/portForward/" + e.ns + "/web")
+	if err != nil {
+		b.Fatal(err)
+	}
+	dialer := spdy.NewDialer(upgrader, &http.Client{Transport: rt}, http.MethodPost, u)
+	stop, ready := make(chan struct{}), make(chan struct{})
+	fw, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"}, []string{"0:" + strconv.Itoa(port)}, stop, ready, io.Discard, io.Discard)
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- fw.ForwardPorts() }()
+	select {
+	case <-ready:
+	case err := <-done:
+		b.Fatalf("port-forward via the kubelet: %v", err)
+	case <-time.After(30 * time.Second):
+		b.Fatal("port-forward via the kubelet: not ready within 30s")
+	}
+	ports, err := fw.GetPorts()
+	if err != nil || len(ports) != 1 {
+		b.Fatalf("port-forward via the kubelet: ports %v, %v", ports, err)
+	}
+	return strconv.Itoa(int(ports[0].Local)), func() {
+		close(stop)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+	}
 }
 
 // BenchmarkNodePathExecEcho: round trip of 1 byte through `cat` in an exec
