@@ -118,8 +118,8 @@ func konnectivityServerCommand() (*cobra.Command, *konnectivityServerFlags) {
 	fl.StringVar(&f.healthBind, "health-bind-address", "", "Bind address for health connections. If empty, we will bind to all interfaces.")
 	fl.DurationVar(&f.keepaliveTime, "keepalive-time", time.Hour, "Time for gRPC agent server keepalive.")
 	fl.DurationVar(&f.frontendKeepalive, "frontend-keepalive-time", time.Hour, "Time for gRPC frontend server keepalive.")
-	fl.BoolVar(&f.enableProfiling, "enable-profiling", false, "Accepted for compatibility; profiling is not served.")
-	fl.BoolVar(&f.enableContention, "enable-contention-profiling", false, "Accepted for compatibility; profiling is not served.")
+	fl.BoolVar(&f.enableProfiling, "enable-profiling", false, "enable pprof at host:admin-port/debug/pprof")
+	fl.BoolVar(&f.enableContention, "enable-contention-profiling", false, "Accepted for compatibility; block profiles are not enabled.")
 	fl.StringVar(&f.serverID, "server-id", defaultID("PROXY_SERVER_ID"), "The unique ID of this server. Can also be set by the 'PROXY_SERVER_ID' environment variable.")
 	fl.IntVar(&f.serverCount, "server-count", 1, "The number of proxy server instances, should be 1 unless it is an HA server.")
 	fl.StringVar(&f.agentNamespace, "agent-namespace", "", "Expected agent's namespace during agent authentication (used with agent-service-account, authentication-audience, kubeconfig).")
@@ -260,7 +260,7 @@ func (f *konnectivityServerFlags) config(log *slog.Logger) (kserver.Config, kser
 		DialTimeout: f.backendDialTimeout, MaxPendingDialsPerAgent: f.maxPendingDials, MaxConnsPerAgent: f.maxConnsPerAgent,
 		DisableConnStreams: f.disableConnStreams}
 	lc = kserver.ListenConfig{Mode: f.mode, KeepaliveTime: f.keepaliveTime, FrontendKeepaliveTime: f.frontendKeepalive,
-		HTTPConnectHeaderTimeout: f.headerTimeout, InsecureAgentTCP: f.insecureAgentTCP, InsecureFrontendTCP: f.insecureFrontendTCP}
+		HTTPConnectHeaderTimeout: f.headerTimeout, EnableProfiling: f.enableProfiling, InsecureAgentTCP: f.insecureAgentTCP, InsecureFrontendTCP: f.insecureFrontendTCP}
 	if f.udsName != "" {
 		if !f.deleteUDSFile {
 			if _, err := os.Stat(f.udsName); err == nil {
@@ -327,7 +327,6 @@ func (f *konnectivityServerFlags) config(log *slog.Logger) (kserver.Config, kser
 		msg string
 	}{
 		{f.enableLeaseController, "--enable-lease-controller is not implemented; agents learn the server count from --server-count"},
-		{f.enableProfiling, "--enable-profiling is accepted but profiling is not served"},
 		{f.gracefulShutdown > 0, "--graceful-shutdown-timeout is accepted; tunnels are closed at shutdown"},
 	} {
 		if w.on {
@@ -400,8 +399,8 @@ func newKonnectivityAgentCmd() *cobra.Command {
 	fl.IntVar(&f.healthPort, "health-server-port", 8093, "The port the health server is listening on.")
 	fl.IntVar(&f.adminPort, "admin-server-port", 8094, "The port the admin server is listening on.")
 	fl.StringVar(&f.adminBind, "admin-bind-address", "127.0.0.1", "Bind address for admin connections. If empty, we will bind to all interfaces.")
-	fl.BoolVar(&f.enableProfiling, "enable-profiling", false, "Accepted for compatibility; profiling is not served.")
-	fl.BoolVar(&f.enableContention, "enable-contention-profiling", false, "Accepted for compatibility; profiling is not served.")
+	fl.BoolVar(&f.enableProfiling, "enable-profiling", false, "enable pprof at host:admin-server-port/debug/pprof")
+	fl.BoolVar(&f.enableContention, "enable-contention-profiling", false, "Accepted for compatibility; block profiles are not enabled.")
 	fl.StringVar(&f.agentID, "agent-id", defaultID("PROXY_AGENT_ID"), "The unique ID of this agent. Can also be set by the 'PROXY_AGENT_ID' environment variable. Default to a generated uuid if not set.")
 	fl.DurationVar(&f.syncInterval, "sync-interval", time.Second, "The initial interval by which the agent periodically checks if it has connections to all instances of the proxy server.")
 	fl.DurationVar(&f.probeInterval, "probe-interval", time.Second, "Accepted for compatibility; readiness follows the connections directly.")
@@ -438,7 +437,7 @@ func (f *konnectivityAgentFlags) config(log *slog.Logger) (kagent.Config, error)
 	cfg := kagent.Config{Logger: log, AgentID: f.agentID, Identifiers: ids, TokenPath: f.tokenPath,
 		SyncInterval: f.syncInterval, SyncIntervalCap: f.syncIntervalCap, KeepaliveTime: f.keepaliveTime,
 		DialTimeout: f.dialTimeout, MaxConns: f.maxConns, MaxPendingDials: f.maxPending,
-		DisableConnStreams: f.disableConnStreams, InsecureTCP: f.insecureTCP}
+		DisableConnStreams: f.disableConnStreams, InsecureTCP: f.insecureTCP, EnableProfiling: f.enableProfiling}
 	cfg.Servers = f.servers
 	if len(cfg.Servers) == 0 {
 		cfg.Servers = []string{hostPort(f.proxyServerHost, f.proxyServerPort)}

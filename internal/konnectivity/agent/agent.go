@@ -20,6 +20,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"strconv"
@@ -83,6 +84,8 @@ type Config struct {
 	HealthAddr string
 	// AdminAddr serves /metrics; "" disables.
 	AdminAddr string
+	// EnableProfiling serves net/http/pprof on the admin listener.
+	EnableProfiling bool
 	// Registerer receives metrics; nil uses a private registry.
 	Registerer prometheus.Registerer
 	// DialEndpoint dials endpoints; nil uses net.Dialer. Only "tcp" is ever requested.
@@ -352,6 +355,13 @@ func (a *Agent) healthMux() http.Handler {
 func (a *Agent) metricsMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", a.metricsHandler())
+	if a.cfg.EnableProfiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"sync"
 	"time"
@@ -54,6 +55,8 @@ type ListenConfig struct {
 	// StreamWindow is the per-stream HTTP/2 window; 0 means 1 MiB. It bounds
 	// what one stalled tunnelled connection can hold in flight.
 	StreamWindow int32
+	// EnableProfiling serves net/http/pprof on the admin listener.
+	EnableProfiling bool
 	// Ready, if set, is called with the bound addresses once all listeners are up.
 	Ready func(Addrs)
 }
@@ -213,7 +216,7 @@ func (s *Server) Run(ctx context.Context, lc ListenConfig) error {
 		addr string
 		dst  *net.Addr
 		h    http.Handler
-	}{{lc.HealthAddr, &addrs.Health, s.healthMux()}, {lc.AdminAddr, &addrs.Admin, s.adminMux()}} {
+	}{{lc.HealthAddr, &addrs.Health, s.healthMux()}, {lc.AdminAddr, &addrs.Admin, s.adminMux(lc.EnableProfiling)}} {
 		if hp.addr == "" {
 			continue
 		}
@@ -270,8 +273,19 @@ func (s *Server) healthMux() http.Handler {
 	return mux
 }
 
-func (s *Server) adminMux() http.Handler {
+func (s *Server) adminMux(profiling bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", s.metricsHandler())
+	if profiling {
+		addPprof(mux)
+	}
 	return mux
+}
+
+func addPprof(mux *http.ServeMux) {
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
