@@ -458,6 +458,7 @@ func TestAgentEndToEnd(t *testing.T) {
 
 func ptrInt64(v int64) *int64 { return &v }
 
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {
@@ -466,13 +467,13 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // startAgent runs an agent until the test ends.
-func startAgent(t *testing.T, ctx context.Context, cfg Config) *Agent {
+func startAgent(t *testing.T, ctx context.Context, cfg Config) (*Agent, func()) {
 	t.Helper()
 	return startAgentOr(t, ctx, cfg, func() {})
 }
 
 // startAgentOr calls onTimeout if the agent is not ready within 60s.
-func startAgentOr(t *testing.T, ctx context.Context, cfg Config, onTimeout func()) *Agent {
+func startAgentOr(t *testing.T, ctx context.Context, cfg Config, onTimeout func()) (*Agent, func()) {
 	t.Helper()
 	if cfg.KubeletListener == nil {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -495,17 +496,21 @@ func startAgentOr(t *testing.T, ctx context.Context, cfg Config, onTimeout func(
 	actx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(actx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agent: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("agent: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("agent did not stop")
 			}
-		case <-time.After(30 * time.Second):
-			t.Error("agent did not stop")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 	select {
 	case <-a.Ready():
 	case err := <-done:
@@ -514,7 +519,7 @@ func startAgentOr(t *testing.T, ctx context.Context, cfg Config, onTimeout func(
 		onTimeout()
 		t.Fatal("agent not ready")
 	}
-	return a
+	return a, stop
 }
 
 func TestAgentJoinsWithBootstrapToken(t *testing.T) {
@@ -542,7 +547,7 @@ func TestAgentJoinsWithBootstrapToken(t *testing.T) {
 	cfg := Config{Server: h.Server(), NodeName: "n1", DataDir: filepath.Join(dir, "agent"), Token: tok, CACertHash: pki.CAHash(ca.Cert)}
 	// Fallback until the hub's approver handles this CSR by itself.
 	testSignerAfter(ctx, t, admin, ca, nil, 5*time.Second)
-	a := startAgentOr(t, ctx, cfg, func() {
+	a, stopAgent := startAgentOr(t, ctx, cfg, func() {
 		list, _ := admin.CertificatesV1().CertificateSigningRequests().List(context.Background(), metav1.ListOptions{})
 		for _, c := range list.Items {
 			t.Logf("CSR %s signer=%s user=%s groups=%v usages=%v conditions=%+v cert=%d", c.Name, c.Spec.SignerName, c.Spec.Username, c.Spec.Groups, c.Spec.Usages, c.Status.Conditions, len(c.Status.Certificate))
@@ -574,6 +579,27 @@ func TestAgentJoinsWithBootstrapToken(t *testing.T) {
 		}
 		return nil
 	})
+	st, err := os.Stat(a.NodeKubeconfig())
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("node kubeconfig: %v %v", st, err)
+	}
+
+	// A restart reuses the node certificate: no token, no new CSR.
+	stopAgent()
+	csrs, err := admin.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := len(csrs.Items)
+	startAgent(t, ctx, Config{Server: h.Server(), NodeName: "n1", DataDir: cfg.DataDir})
+	eventually(t, 30*time.Second, "node Ready after restart", func() error { return nodeReady(ctx, admin, "n1") })
+	csrs, err = admin.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(csrs.Items) != before {
+		t.Fatalf("restart made %d new CSRs", len(csrs.Items)-before)
+	}
 }
 
 func nodeReady(ctx context.Context, admin kubernetes.Interface, name string) error {
