@@ -458,7 +458,6 @@ func TestAgentEndToEnd(t *testing.T) {
 
 func ptrInt64(v int64) *int64 { return &v }
 
-
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {
