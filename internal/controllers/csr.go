@@ -63,10 +63,7 @@ func NewCSR(cfg CSRConfig) (*CSR, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	q := workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, 30*time.Second),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "csr"})
-	return &CSR{cfg: cfg, queue: q}, nil
+	return &CSR{cfg: cfg, queue: newQueue("csr", 200*time.Millisecond, 30*time.Second)}, nil
 }
 
 // Run handles CSRs until ctx ends.
@@ -100,33 +97,17 @@ func (c *CSR) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced, nodes.HasSynced) {
 		return nil
 	}
-	go func() {
-		<-ctx.Done()
-		c.queue.ShutDown()
-	}()
-	for {
-		name, quit := c.queue.Get()
-		if quit {
-			return nil
+	process(ctx, c.queue, c.cfg.Logger, "csr", func(ctx context.Context, name string) (time.Duration, error) {
+		csr, err := lister.Get(name)
+		if apierrors.IsNotFound(err) {
+			return 0, nil
 		}
-		err := func() error {
-			csr, err := lister.Get(name)
-			if apierrors.IsNotFound(err) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			return c.sync(ctx, csr.DeepCopy(), func(n string) (*corev1.Node, error) { return nodeLister.Get(n) })
-		}()
 		if err != nil {
-			c.cfg.Logger.Warn("csr", "name", name, "err", err)
-			c.queue.AddRateLimited(name)
-		} else {
-			c.queue.Forget(name)
+			return 0, err
 		}
-		c.queue.Done(name)
-	}
+		return 0, c.sync(ctx, csr.DeepCopy(), func(n string) (*corev1.Node, error) { return nodeLister.Get(n) })
+	})
+	return nil
 }
 
 func hasCondition(csr *certificatesv1.CertificateSigningRequest, t certificatesv1.RequestConditionType) bool {

@@ -45,10 +45,7 @@ func NewNamespace(cfg NamespaceConfig) (*Namespace, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	q := workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 10*time.Second),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "namespace"})
-	return &Namespace{cfg: cfg, queue: q}, nil
+	return &Namespace{cfg: cfg, queue: newQueue("namespace", 100*time.Millisecond, 10*time.Second)}, nil
 }
 
 // Run processes terminating namespaces until ctx ends.
@@ -76,35 +73,19 @@ func (c *Namespace) Run(ctx context.Context) error {
 	for i := 0; i < c.cfg.Workers; i++ {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			for c.next(ctx) {
-			}
+			process(ctx, c.queue, c.cfg.Logger, "namespace deletion", func(ctx context.Context, name string) (time.Duration, error) {
+				remaining, err := c.sync(ctx, name)
+				if remaining {
+					return time.Second, err
+				}
+				return 0, err
+			})
 		}()
 	}
-	<-ctx.Done()
-	c.queue.ShutDown()
 	for i := 0; i < c.cfg.Workers; i++ {
 		<-done
 	}
 	return nil
-}
-
-func (c *Namespace) next(ctx context.Context) bool {
-	name, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(name)
-	remaining, err := c.sync(ctx, name)
-	switch {
-	case err != nil:
-		c.cfg.Logger.Warn("namespace deletion", "namespace", name, "err", err)
-		c.queue.AddRateLimited(name)
-	case remaining:
-		c.queue.AddAfter(name, time.Second)
-	default:
-		c.queue.Forget(name)
-	}
-	return true
 }
 
 // sync deletes everything in the namespace; it reports whether objects

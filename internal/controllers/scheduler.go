@@ -46,10 +46,7 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	q := workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 5*time.Second),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "scheduler"})
-	return &Scheduler{cfg: cfg, queue: q}, nil
+	return &Scheduler{cfg: cfg, queue: newQueue("scheduler", 100*time.Millisecond, 5*time.Second)}, nil
 }
 
 // Run schedules until ctx ends.
@@ -83,27 +80,14 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), pods.Informer().HasSynced, nodes.Informer().HasSynced) {
 		return nil
 	}
-	go func() {
-		<-ctx.Done()
-		s.queue.ShutDown()
-	}()
-	for {
-		key, quit := s.queue.Get()
-		if quit {
-			return nil
-		}
+	process(ctx, s.queue, s.cfg.Logger, "scheduler", func(ctx context.Context, key string) (time.Duration, error) {
 		retry, err := s.schedule(ctx, key, podLister, nodeLister)
-		switch {
-		case err != nil:
-			s.cfg.Logger.Warn("scheduler", "pod", key, "err", err)
-			s.queue.AddRateLimited(key)
-		case retry:
-			s.queue.AddAfter(key, 5*time.Second)
-		default:
-			s.queue.Forget(key)
+		if retry {
+			return 5 * time.Second, err
 		}
-		s.queue.Done(key)
-	}
+		return 0, err
+	})
+	return nil
 }
 
 // Feasible reports whether pod may run on node, and why not.

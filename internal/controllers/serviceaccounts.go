@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 )
@@ -43,9 +44,7 @@ func NewServiceAccounts(cfg ServiceAccountsConfig) (*ServiceAccounts, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	q := workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "serviceaccounts"})
-	return &ServiceAccounts{cfg: cfg, queue: q}, nil
+	return &ServiceAccounts{cfg: cfg, queue: newQueue("serviceaccounts", 50*time.Millisecond, 30*time.Second)}, nil
 }
 
 // Run reconciles until ctx ends.
@@ -81,56 +80,46 @@ func (c *ServiceAccounts) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), nsInf.HasSynced, saInf.HasSynced, cmInf.HasSynced) {
 		return nil
 	}
-	go func() {
-		<-ctx.Done()
-		c.queue.ShutDown()
-	}()
-	for {
-		name, quit := c.queue.Get()
-		if quit {
-			return nil
-		}
-		err := func() error {
-			ns, err := nsLister.Get(name)
-			if apierrors.IsNotFound(err) || (err == nil && ns.Status.Phase != corev1.NamespaceActive) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if _, err := saLister.ServiceAccounts(name).Get("default"); apierrors.IsNotFound(err) {
-				_, err := c.cfg.Client.CoreV1().ServiceAccounts(name).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
-				if err != nil && !apierrors.IsAlreadyExists(err) && !apierrors.IsForbidden(err) {
-					return fmt.Errorf("default serviceaccount in %s: %w", name, err)
-				}
-			}
-			want := map[string]string{"ca.crt": string(c.cfg.CABundle)}
-			cm, err := cmLister.ConfigMaps(name).Get(RootCAConfigMap)
-			switch {
-			case apierrors.IsNotFound(err):
-				_, err = c.cfg.Client.CoreV1().ConfigMaps(name).Create(ctx, &corev1.ConfigMap{
-					ObjectMeta: metav1.ObjectMeta{Name: RootCAConfigMap, Annotations: map[string]string{"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
-					Data:       want}, metav1.CreateOptions{})
-				if apierrors.IsAlreadyExists(err) || apierrors.IsForbidden(err) {
-					return nil
-				}
-				return err
-			case err != nil:
-				return err
-			case cm.Data["ca.crt"] != want["ca.crt"] || len(cm.Data) != 1:
-				cm = cm.DeepCopy()
-				cm.Data = want
-				_, err = c.cfg.Client.CoreV1().ConfigMaps(name).Update(ctx, cm, metav1.UpdateOptions{})
-				return ignoreConflict(err)
-			}
-			return nil
-		}()
-		if err != nil {
-			c.cfg.Logger.Warn("serviceaccounts", "namespace", name, "err", err)
-			c.queue.AddRateLimited(name)
-		} else {
-			c.queue.Forget(name)
-		}
-		c.queue.Done(name)
+	process(ctx, c.queue, c.cfg.Logger, "serviceaccounts", func(ctx context.Context, name string) (time.Duration, error) {
+		return 0, c.sync(ctx, name, nsLister, saLister, cmLister)
+	})
+	return nil
+}
+
+// sync ensures the default ServiceAccount and the root CA ConfigMap of one
+// active namespace.
+func (c *ServiceAccounts) sync(ctx context.Context, name string, nsLister corelisters.NamespaceLister, saLister corelisters.ServiceAccountLister, cmLister corelisters.ConfigMapLister) error {
+	ns, err := nsLister.Get(name)
+	if apierrors.IsNotFound(err) || (err == nil && ns.Status.Phase != corev1.NamespaceActive) {
+		return nil
 	}
+	if err != nil {
+		return err
+	}
+	if _, err := saLister.ServiceAccounts(name).Get("default"); apierrors.IsNotFound(err) {
+		_, err := c.cfg.Client.CoreV1().ServiceAccounts(name).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) && !apierrors.IsForbidden(err) {
+			return fmt.Errorf("default serviceaccount in %s: %w", name, err)
+		}
+	}
+	want := map[string]string{"ca.crt": string(c.cfg.CABundle)}
+	cm, err := cmLister.ConfigMaps(name).Get(RootCAConfigMap)
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = c.cfg.Client.CoreV1().ConfigMaps(name).Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: RootCAConfigMap, Annotations: map[string]string{"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+			Data:       want}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) || apierrors.IsForbidden(err) {
+			return nil
+		}
+		return err
+	case err != nil:
+		return err
+	case cm.Data["ca.crt"] != want["ca.crt"] || len(cm.Data) != 1:
+		cm = cm.DeepCopy()
+		cm.Data = want
+		_, err = c.cfg.Client.CoreV1().ConfigMaps(name).Update(ctx, cm, metav1.UpdateOptions{})
+		return ignoreConflict(err)
+	}
+	return nil
 }
