@@ -276,7 +276,7 @@ func idleConns(p benchPath, n int) (float64, error) {
 //
 // KONN_BENCH_SIZE (e.g. 256MiB; default 32MiB), KONN_BENCH_CYCLES (default
 // 1000), KONN_BENCH_IDLE (idle connections for RSS, default 1000) and
-// KONN_BENCH_ONLY (substring filter on path names) tune it.
+// KONN_BENCH_ONLY (comma-separated substrings of path names) tune it.
 func BenchmarkKonnectivityReport(b *testing.B) {
 	size := envInt("KONN_BENCH_SIZE", 32<<20)
 	cycles := int(envInt("KONN_BENCH_CYCLES", 1000))
@@ -291,7 +291,7 @@ func BenchmarkKonnectivityReport(b *testing.B) {
 func runSuite(b *testing.B, size int64, cycles, idle int, only string) []benchResult {
 	var out []benchResult
 	for _, mk := range benchPaths() {
-		if only != "" && !strings.Contains(mk.name, only) {
+		if only != "" && !slices.ContainsFunc(strings.Split(only, ","), func(f string) bool { return strings.Contains(mk.name, f) }) {
 			continue
 		}
 		p, stop := mk.setup(b)
@@ -438,7 +438,7 @@ func benchPaths() []pathMaker {
 	for _, m := range []struct {
 		mode, srvMode string
 		tcp           bool
-	}{{"grpc-uds", server.ModeGRPC, false}, {"grpc-mtls", server.ModeGRPC, true}, {"http-connect-uds", server.ModeHTTPConnect, false}} {
+	}{{"grpc-uds", server.ModeGRPC, false}, {"grpc-mtls", server.ModeGRPC, true}, {"http-connect-uds", server.ModeHTTPConnect, false}, {"http-connect-mtls", server.ModeHTTPConnect, true}} {
 		ps = append(ps, mk("upstream/"+m.mode, "upstream", m.mode, func(b *testing.B, pki *konnectivitytest.PKI, backend string) (benchPath, func()) {
 			e := startUpstreamServer(b, pki, m.srvMode)
 			a := startUpstreamAgent(b, e, "bench-agent")
