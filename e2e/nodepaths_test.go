@@ -178,6 +178,10 @@ func setupNodePaths(c *cluster) (*nodePaths, error) {
 	return nil, fmt.Errorf("workload not ready within %s: %v", readyTimeout, last)
 }
 
+// runSeq makes object names unique when the shared cluster outlives a test
+// (go test -count=N).
+var runSeq atomic.Int64
+
 var plainClient = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
 	TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // test server with a self-signed certificate
 	DisableKeepAlives: true,
@@ -337,7 +341,7 @@ func nodePathsMatrix(t *testing.T, k *kubectl, e *nodePaths) {
 	tag := strings.ReplaceAll(k.version, ".", "-")
 
 	t.Run("logs", func(t *testing.T) {
-		marker := "logs-" + tag
+		marker := "logs-" + tag + "-" + strconv.FormatInt(runSeq.Add(1), 10)
 		if err := e.appendFeed(marker); err != nil {
 			t.Fatal(err)
 		}
@@ -532,19 +536,26 @@ func TestNodePathsNegative(t *testing.T) {
 	t.Cleanup(fake.Close)
 	fakePort := fake.Listener.Addr().(*net.TCPAddr).Port
 
-	node, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "forged"}}, metav1.CreateOptions{})
+	// Names are unique per run (go test -count=N reuses the cluster).
+	seq := strconv.FormatInt(runSeq.Add(1), 10)
+	forged, onForged := "forged-"+seq, "on-forged-"+seq
+	node, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: forged}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cs.CoreV1().Nodes().Delete(context.Background(), "forged", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		zero := int64(0)
+		_ = cs.CoreV1().Pods(e.ns).Delete(context.Background(), onForged, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+		_ = cs.CoreV1().Nodes().Delete(context.Background(), forged, metav1.DeleteOptions{})
+	})
 	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: forgedIP}}
 	node.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(fakePort)
 	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	pod, err := cs.CoreV1().Pods(e.ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "on-forged"},
-		Spec: corev1.PodSpec{NodeName: "forged", Containers: []corev1.Container{{
+		ObjectMeta: metav1.ObjectMeta{Name: onForged},
+		Spec: corev1.PodSpec{NodeName: forged, Containers: []corev1.Container{{
 			Name: "c", Image: "none", Command: []string{"true"}, Ports: []corev1.ContainerPort{{ContainerPort: 80}},
 		}}},
 	}, metav1.CreateOptions{})
@@ -553,10 +564,10 @@ func TestNodePathsNegative(t *testing.T) {
 	}
 
 	t.Run("forged-kubelet", func(t *testing.T) {
-		out := k.fails(t, "logs", "-n", e.ns, "on-forged")
+		out := k.fails(t, "logs", "-n", e.ns, onForged)
 		t.Logf("kubectl logs: %s", out)
 		wantContains(t, "kubectl logs from a forged kubelet", out, "certificate", "forged")
-		out = k.fails(t, "get", "--raw", "/api/v1/nodes/forged/proxy/healthz")
+		out = k.fails(t, "get", "--raw", "/api/v1/nodes/"+forged+"/proxy/healthz")
 		wantContains(t, "nodes/forged/proxy", out, "certificate")
 		if n := forgedHits.Load(); n != 0 {
 			t.Errorf("the forged kubelet received %d requests; nothing may be sent to it", n)
@@ -582,7 +593,7 @@ func TestNodePathsNegative(t *testing.T) {
 		thief.TLS = &tls.Config{Certificates: []tls.Certificate{stolen}}
 		thief.StartTLS()
 		defer thief.Close()
-		n, err := cs.CoreV1().Nodes().Get(ctx, "forged", metav1.GetOptions{})
+		n, err := cs.CoreV1().Nodes().Get(ctx, forged, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -590,7 +601,7 @@ func TestNodePathsNegative(t *testing.T) {
 		if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		out := k.fails(t, "logs", "-n", e.ns, "on-forged")
+		out := k.fails(t, "logs", "-n", e.ns, onForged)
 		t.Logf("kubectl logs: %s", out)
 		wantContains(t, "kubectl logs from a kubelet with n2's certificate", out, "certificate")
 		if hits.Load() != 0 {
@@ -632,10 +643,10 @@ func TestNodePathsNegative(t *testing.T) {
 		if _, err := cs.CoreV1().Pods(e.ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		out := k.fails(t, "get", "--raw", "/api/v1/namespaces/"+e.ns+"/pods/on-forged:"+strconv.Itoa(e.c.Hub.Port)+"/proxy/version")
+		out := k.fails(t, "get", "--raw", "/api/v1/namespaces/"+e.ns+"/pods/"+onForged+":"+strconv.Itoa(e.c.Hub.Port)+"/proxy/version")
 		wantContains(t, "pod proxy to 127.0.0.1", out, "BadRequest", "127.0.0.1")
 		hc := mustHTTPClient(t, e.c.Hub.Config(t))
-		resp, err := hc.Get(e.c.Hub.URL() + "/api/v1/namespaces/" + e.ns + "/pods/on-forged:" + strconv.Itoa(e.c.Hub.Port) + "/proxy/version")
+		resp, err := hc.Get(e.c.Hub.URL() + "/api/v1/namespaces/" + e.ns + "/pods/" + onForged + ":" + strconv.Itoa(e.c.Hub.Port) + "/proxy/version")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -665,17 +676,18 @@ func TestKubeletAuthz(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM, keyPEM, err := ca.Issue(pki.CertSpec{CommonName: "log-reader", Organization: []string{"e2e"}, Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	user := "log-reader-" + strconv.FormatInt(runSeq.Add(1), 10) // unique per run
+	certPEM, keyPEM, err := ca.Issue(pki.CertSpec{CommonName: user, Organization: []string{"e2e"}, Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	kc := filepath.Join(t.TempDir(), "log-reader.kubeconfig")
-	if err := pki.WriteKubeconfig(kc, pki.Kubeconfig{Server: e.c.Hub.URL(), CAPEM: caPEM, UserName: "log-reader", CertPEM: certPEM, KeyPEM: keyPEM}); err != nil {
+	if err := pki.WriteKubeconfig(kc, pki.Kubeconfig{Server: e.c.Hub.URL(), CAPEM: caPEM, UserName: user, CertPEM: certPEM, KeyPEM: keyPEM}); err != nil {
 		t.Fatal(err)
 	}
 	rbac := e.cs.RbacV1()
 	if _, err := rbac.Roles(e.ns).Create(ctx, &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: "log-reader"},
+		ObjectMeta: metav1.ObjectMeta{Name: user},
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}, // kubectl reads the pod first
 			{APIGroups: []string{""}, Resources: []string{"pods/log"}, Verbs: []string{"get"}},
@@ -684,9 +696,9 @@ func TestKubeletAuthz(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := rbac.RoleBindings(e.ns).Create(ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "log-reader"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "log-reader"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "log-reader"}},
+		ObjectMeta: metav1.ObjectMeta{Name: user},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: user},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
