@@ -28,6 +28,11 @@ func process(ctx context.Context, q workqueue.TypedRateLimitingInterface[string]
 		if quit {
 			return
 		}
+		if ctx.Err() != nil {
+			// Stopping: leave what is queued instead of failing it all.
+			q.Done(key)
+			return
+		}
 		after, err := sync(ctx, key)
 		switch {
 		case err != nil:

@@ -65,14 +65,32 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	if _, err := pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }}); err != nil {
 		return err
 	}
-	podLister, nodeLister := pods.Lister(), nodes.Lister()
-	retryAll := func(any) {
+	if err := pods.Informer().AddIndexers(cache.Indexers{byNode: func(obj any) ([]string, error) {
+		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName != "" {
+			return []string{p.Spec.NodeName}, nil
+		}
+		return nil, nil
+	}}); err != nil {
+		return err
+	}
+	podLister, nodeLister, podIndex := pods.Lister(), nodes.Lister(), pods.Informer().GetIndexer()
+	// Unschedulable pods are retried when a node appears or becomes
+	// schedulable, not on every heartbeat.
+	retryAll := func() {
 		all, _ := podLister.List(labels.Everything())
 		for _, p := range all {
 			enqueue(p)
 		}
 	}
-	if _, err := nodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: retryAll, UpdateFunc: func(_, o any) { retryAll(o) }}); err != nil {
+	if _, err := nodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { retryAll() },
+		UpdateFunc: func(o, n any) {
+			old, cur := o.(*corev1.Node), n.(*corev1.Node)
+			if schedulable(cur) && (!schedulable(old) || !labels.Equals(old.Labels, cur.Labels) || len(old.Spec.Taints) != len(cur.Spec.Taints)) {
+				retryAll()
+			}
+		},
+	}); err != nil {
 		return err
 	}
 	factory.Start(ctx.Done())
@@ -81,9 +99,9 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		return nil
 	}
 	process(ctx, s.queue, s.cfg.Logger, "scheduler", func(ctx context.Context, key string) (time.Duration, error) {
-		retry, err := s.schedule(ctx, key, podLister, nodeLister)
+		retry, err := s.schedule(ctx, key, podLister, nodeLister, podIndex)
 		if retry {
-			return 5 * time.Second, err
+			return 30 * time.Second, err
 		}
 		return 0, err
 	})
@@ -125,7 +143,22 @@ func Feasible(pod *corev1.Pod, node *corev1.Node) (bool, string) {
 	return true, ""
 }
 
-func (s *Scheduler) schedule(ctx context.Context, key string, podLister corelisters.PodLister, nodeLister corelisters.NodeLister) (bool, error) {
+// byNode indexes pods by spec.nodeName.
+const byNode = "byNode"
+
+func schedulable(n *corev1.Node) bool {
+	if n.Spec.Unschedulable {
+		return false
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func (s *Scheduler) schedule(ctx context.Context, key string, podLister corelisters.PodLister, nodeLister corelisters.NodeLister, podIndex cache.Indexer) (bool, error) {
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
 		return false, nil
@@ -141,18 +174,14 @@ func (s *Scheduler) schedule(ctx context.Context, key string, podLister corelist
 	if err != nil {
 		return false, err
 	}
-	all, _ := podLister.List(labels.Everything())
 	load := map[string]int{}
-	for _, p := range all {
-		if p.Spec.NodeName != "" {
-			load[p.Spec.NodeName]++
-		}
-	}
 	var candidates []*corev1.Node
 	reasons := map[string]int{}
 	for _, n := range nodes {
 		if ok, why := Feasible(pod, n); ok {
 			candidates = append(candidates, n)
+			bound, _ := podIndex.ByIndex(byNode, n.Name)
+			load[n.Name] = len(bound)
 		} else {
 			reasons[why]++
 		}
