@@ -65,6 +65,7 @@ func newAgentCmd() *cobra.Command {
 	fs.IntVar(&cfg.KubeletPort, "kubelet-port", 10250, "HTTPS port of the kubelet API (there is no read-only port)")
 	fs.StringVar(&kubeletAddress, "kubelet-address", "", "bind address of the kubelet API (default: all addresses)")
 	fs.StringVar(&cfg.Konnectivity, "konnectivity", "auto", "Konnectivity agent: auto (when the hub publishes a server), off, or host:port of the server's agent port")
+	fs.StringVar(&cfg.SSHEndpoint, "ssh-endpoint", "", "run the restricted SSH endpoint for the hub's SSH egress on this address, e.g. :2222 (default: off)")
 	fs.BoolVar(&cfg.StopPodsOnExit, "stop-pods-on-exit", false, "kill all pods when the agent stops (default: pods keep running and are re-adopted)")
 	fs.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	return withConfig(cmd)

@@ -32,6 +32,7 @@ type hubFlags struct {
 	kubeletAddressTypes                                 []string
 	konnectivityUDS                                     string
 	konnectivityPort                                    int
+	ssh                                                 hub.SSHConfig
 }
 
 func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
@@ -57,6 +58,11 @@ func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
 	fs.StringVar(&f.egressConfig, "egress-selector-config-file", "", "upstream EgressSelectorConfiguration file (apiserver.k8s.io/v1beta1); overrides --egress for the names it lists")
 	fs.StringVar(&f.konnectivityUDS, "konnectivity-uds", "", "Konnectivity server frontend socket for --egress=konnectivity (gRPC)")
 	fs.IntVar(&f.konnectivityPort, "konnectivity-agent-port", 8132, "mTLS port of the in-process Konnectivity server for node agents (with --egress=konnectivity)")
+	fs.StringVar(&f.ssh.User, "ssh-user", "tether", "user the hub logs in as on nodes (--egress=ssh)")
+	fs.StringVar(&f.ssh.KeyFile, "ssh-keyfile", "", "hub SSH private key (--egress=ssh; default: <data-dir>/pki/ssh_hub_ed25519, generated)")
+	fs.IntVar(&f.ssh.Port, "ssh-port", 22, "SSH port on nodes (--egress=ssh; a node's tether.io/ssh-port annotation overrides it)")
+	fs.StringVar(&f.ssh.KnownHostsFile, "ssh-known-hosts", "", "OpenSSH known_hosts file with node host keys (--egress=ssh; default: keys nodes publish on their Node)")
+	fs.BoolVar(&f.ssh.InsecureSkipHostKeyCheck, "insecure-ssh-skip-host-key-check", false, "INSECURE: accept any node SSH host key (labs only)")
 	fs.StringVar(&f.kubeletCA, "kubelet-certificate-authority", "", "CA that kubelet serving certificates must chain to (default: the cluster CA)")
 	fs.BoolVar(&f.insecureKubeletTLS, "insecure-kubelet-tls", false, "INSECURE: do not verify kubelet serving certificates (Kubernetes' old default)")
 	fs.StringSliceVar(&f.kubeletAddressTypes, "kubelet-preferred-address-types", []string{"InternalIP", "ExternalIP"}, "node address types to reach kubelets by, in order")
@@ -73,6 +79,7 @@ func (f *hubFlags) config() (hub.Config, error) {
 		Egress: egress.Config{Mode: f.egress, SelectorConfigFile: f.egressConfig,
 			Konnectivity: konnectivityclient.Config{UDSName: f.konnectivityUDS}},
 		KubeletCertificateAuthority: f.kubeletCA, InsecureKubeletTLS: f.insecureKubeletTLS,
+		SSH: f.ssh,
 		// --egress=konnectivity without an external server: run it in the hub.
 		Konnectivity: hub.KonnectivityConfig{Enabled: f.egress == "konnectivity" && f.konnectivityUDS == "" && f.egressConfig == "", AgentPort: f.konnectivityPort},
 	}
@@ -97,6 +104,9 @@ func (f *hubFlags) config() (hub.Config, error) {
 		return cfg, fmt.Errorf("--service-cluster-ip-range: %w", err)
 	}
 	cfg.ServiceClusterIPRange = cidr
+	if f.ssh.Port <= 0 || f.ssh.Port > 65535 {
+		return cfg, fmt.Errorf("--ssh-port %d is out of range", f.ssh.Port)
+	}
 	if f.securePort <= 0 || f.securePort > 65535 {
 		return cfg, fmt.Errorf("--secure-port %d is out of range", f.securePort)
 	}

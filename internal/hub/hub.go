@@ -66,6 +66,8 @@ type Config struct {
 	Egress egress.Config
 	// Konnectivity runs a Konnectivity server in the hub (egress through it).
 	Konnectivity KonnectivityConfig
+	// SSH configures the SSH tunneler when Egress.Mode is ssh.
+	SSH SSHConfig
 	// KubeletCertificateAuthority verifies kubelet serving certificates; zero
 	// value: the cluster CA.
 	KubeletCertificateAuthority string
@@ -87,6 +89,7 @@ type Hub struct {
 	readyOnce     sync.Once
 	server        string
 	etcdEndpoints []string
+	sshKey        string // hub SSH public key to publish (ssh egress)
 }
 
 // New validates cfg.
@@ -177,6 +180,14 @@ func (h *Hub) Run(ctx context.Context) error {
 		h.cfg.Egress.Mode = egress.ModeKonnectivity
 		h.cfg.Egress.Konnectivity = konn.dialer()
 	}
+	var tunneler interface{ Run(context.Context) error }
+	if h.cfg.Egress.Mode == egress.ModeSSH && h.cfg.Egress.SSH == nil {
+		t, key, err := h.newSSHTunneler()
+		if err != nil {
+			return err
+		}
+		tunneler, h.sshKey, h.cfg.Egress.SSH = t, key, t
+	}
 	if h.egress, err = egress.New(h.cfg.Egress); err != nil {
 		return fmt.Errorf("hub: %w", err)
 	}
@@ -225,6 +236,15 @@ func (h *Hub) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 
+	if tunneler != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := tunneler.Run(ctx); err != nil {
+				errc <- fmt.Errorf("ssh tunneler: %w", err)
+			}
+		}()
+	}
 	if konn != nil {
 		up := make(chan struct{})
 		konn.listen.Ready = func(server.Addrs) { close(up) }
@@ -424,6 +444,9 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 	retry(ctx, log, "bootstrap", func() error { return boot.Reconcile(ctx) })
 	if konn != nil {
 		retry(ctx, log, "konnectivity config map", func() error { return publishKonnectivity(ctx, client, konn.addr) })
+	}
+	if h.sshKey != "" {
+		retry(ctx, log, "ssh hub key config map", func() error { return publishSSHKey(ctx, client, h.sshKey) })
 	}
 	for _, tok := range h.cfg.BootstrapTokens {
 		ttl := h.cfg.BootstrapTokenTTL

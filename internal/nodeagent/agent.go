@@ -35,6 +35,7 @@ import (
 	"github.com/tether-dev/tether/internal/nodeagent/runtime"
 	"github.com/tether-dev/tether/internal/nodeagent/servicenet"
 	"github.com/tether-dev/tether/internal/nodeagent/tunnel"
+	"github.com/tether-dev/tether/internal/sshtunnel"
 )
 
 // Config configures an Agent. Zero values are documented per field.
@@ -81,7 +82,10 @@ type Config struct {
 	// Konnectivity is "auto" (zero value: run the Konnectivity agent when the
 	// hub publishes a server), "off", or an explicit host:port.
 	Konnectivity string
-	Logger       *slog.Logger
+	// SSHEndpoint, when set (e.g. ":2222"), runs the restricted SSH endpoint
+	// for the hub's SSH egress (see internal/sshtunnel).
+	SSHEndpoint string
+	Logger      *slog.Logger
 }
 
 // Agent is the node agent.
@@ -343,6 +347,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("nodeagent: %w", err)
 		}
 		start("konnectivity", tun.Run)
+	}
+	if a.cfg.SSHEndpoint != "" {
+		ep, err := sshtunnel.NewNodeEndpoint(sshtunnel.NodeEndpointConfig{Client: client, NodeName: a.cfg.NodeName, Address: a.cfg.SSHEndpoint,
+			HostKeyFile: filepath.Join(a.pkiDir(), "ssh_host_ed25519"), KubeletPort: port, Logger: a.log.With("component", "ssh-endpoint")})
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return fmt.Errorf("nodeagent: %w", err)
+		}
+		start("ssh-endpoint", ep.Run)
 	}
 	a.once.Do(func() { close(a.ready) })
 	a.log.Info("node agent running", "server", a.server, "kubelet", ln.Addr().String(), "nodeIP", a.cfg.NodeIP.String())

@@ -276,6 +276,9 @@ func TestNoPublishedKeyRefused(t *testing.T) {
 	nodes.set(testNode("node-a", sshAddr.Port, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	if err := tun.resync(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := tun.DialContext(ctx, "tcp", echo.String()); err == nil || !strings.Contains(err.Error(), "publishes no SSH host key") {
 		t.Fatalf("want refusal, got %v", err)
 	}
@@ -639,4 +642,27 @@ func TestOpenSSHInterop(t *testing.T) {
 			t.Fatalf("want auth failure, got %v", err)
 		}
 	})
+}
+
+func TestNodeForSharedIP(t *testing.T) {
+	a, b := testNode("a", 1, nil), testNode("b", 2, nil)
+	a.Status.DaemonEndpoints.KubeletEndpoint.Port = 10250
+	b.Status.DaemonEndpoints.KubeletEndpoint.Port = 10251
+	b.Spec.PodCIDRs = []string{"10.244.1.0/24"}
+	tun, err := New(Config{Signer: newSigner(t), Nodes: (&fakeNodes{}).list})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun.nodes = []corev1.Node{a, b}
+	for _, tt := range []struct {
+		ip   string
+		port int
+		want string
+		ok   bool
+	}{{"127.0.0.1", 10251, "b", true}, {"127.0.0.1", 10250, "a", true}, {"127.0.0.1", 8080, "a", true}, {"10.244.1.7", 80, "b", true}, {"10.9.9.9", 80, "", false}} {
+		n, ok := tun.nodeFor(net.ParseIP(tt.ip), tt.port)
+		if ok != tt.ok || n.Name != tt.want {
+			t.Errorf("%s:%d → %q %v, want %q", tt.ip, tt.port, n.Name, ok, tt.want)
+		}
+	}
 }

@@ -222,21 +222,25 @@ func (t *Tunneler) DialContext(ctx context.Context, network, addr string) (net.C
 	default:
 		return nil, fmt.Errorf("sshtunnel: network %q not supported", network)
 	}
-	host, _, err := net.SplitHostPort(addr)
+	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("sshtunnel: %w", err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("sshtunnel: port in %q: %w", addr, err)
 	}
 	ip := net.ParseIP(host)
 	if ip == nil {
 		return nil, fmt.Errorf("sshtunnel: %q is not an IP address", addr)
 	}
-	node, ok := t.nodeFor(ip)
+	node, ok := t.nodeFor(ip, port)
 	if !ok {
 		// The cache may be stale (a node that just joined).
 		if err := t.resync(ctx); err != nil {
 			return nil, err
 		}
-		if node, ok = t.nodeFor(ip); !ok {
+		if node, ok = t.nodeFor(ip, port); !ok {
 			return nil, fmt.Errorf("sshtunnel: no node owns %s", host)
 		}
 	}
@@ -251,17 +255,28 @@ func (t *Tunneler) DialContext(ctx context.Context, network, addr string) (net.C
 	return c, nil
 }
 
-// nodeFor maps an IP to the node whose addresses or pod CIDRs contain it.
-func (t *Tunneler) nodeFor(ip net.IP) (corev1.Node, bool) {
+// nodeFor maps an address to the node owning it: a node address (when
+// several nodes share an IP, the one whose kubelet listens on port wins),
+// else a pod CIDR containing it.
+func (t *Tunneler) nodeFor(ip net.IP, port int) (corev1.Node, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var byIP *corev1.Node
 	for i := range t.nodes {
 		n := &t.nodes[i]
 		for _, a := range n.Status.Addresses {
 			if a2 := net.ParseIP(a.Address); a2 != nil && a2.Equal(ip) {
-				return *n, true
+				if int(n.Status.DaemonEndpoints.KubeletEndpoint.Port) == port {
+					return *n, true
+				}
+				if byIP == nil {
+					byIP = n
+				}
 			}
 		}
+	}
+	if byIP != nil {
+		return *byIP, true
 	}
 	for i := range t.nodes {
 		n := &t.nodes[i]
