@@ -20,6 +20,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
+// testServiceCIDR is the service range of the hubs these tests start
+// (the server's default); the service tests assert on it.
+const testServiceCIDR = "10.96.0.0/12"
+
 // readyTimeout bounds every wait for a hub to become ready; generous
 // because -race on a loaded 2-core machine is slow.
 const readyTimeout = 90 * time.Second
@@ -29,6 +33,9 @@ type hub struct {
 	Dir        string
 	Port       int
 	Kubeconfig string
+	// ServiceCIDR, if set, is passed as --service-cluster-ip-range;
+	// otherwise `tether up` picks its default.
+	ServiceCIDR string
 
 	mu  sync.Mutex
 	run *run // nil when not running
@@ -49,6 +56,7 @@ func startHub(t testing.TB) *hub {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.ServiceCIDR = testServiceCIDR
 	t.Cleanup(h.Stop)
 	if err := h.Start(); err != nil {
 		t.Fatal(err)
@@ -90,8 +98,11 @@ func (h *hub) Start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(tetherBin, "up", "--nodes", "0", "--data-dir", h.Dir,
-		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(h.Port))
+	args := []string{"up", "--nodes", "0", "--data-dir", h.Dir, "--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(h.Port)}
+	if h.ServiceCIDR != "" {
+		args = append(args, "--service-cluster-ip-range", h.ServiceCIDR)
+	}
+	cmd := exec.Command(tetherBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "HOME="+h.Dir)
 	// Never outlive the test binary.
@@ -248,6 +259,7 @@ func sharedHub(t testing.TB) *hub {
 		}
 		shared, sharedErr = newHub(sharedDir)
 		if sharedErr == nil {
+			shared.ServiceCIDR = testServiceCIDR
 			sharedErr = shared.Start()
 		}
 	})
