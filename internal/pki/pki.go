@@ -156,12 +156,16 @@ func (ca *CA) issueFor(pub crypto.PublicKey, spec CertSpec, now time.Time) ([]by
 	if _, ok := pub.(*rsa.PublicKey); ok {
 		usage |= x509.KeyUsageKeyEncipherment
 	}
+	// Backdate for clock skew, but never by more than a tenth of the
+	// lifetime: rotation deadlines are computed from NotBefore, and a
+	// short-lived certificate backdated by minutes would be "due" at once.
+	skew := min(backdate, validity/10)
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: spec.CommonName, Organization: spec.Organization},
 		DNSNames:              spec.DNSNames,
 		IPAddresses:           spec.IPs,
-		NotBefore:             now.Add(-backdate),
+		NotBefore:             now.Add(-skew),
 		NotAfter:              notAfter,
 		KeyUsage:              usage,
 		ExtKeyUsage:           spec.Usages,
