@@ -28,6 +28,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/tether-dev/tether/internal/pki"
 )
@@ -396,8 +397,16 @@ func nodePathsMatrix(t *testing.T, k *kubectl, e *nodePaths) {
 		line := fmt.Sprintf("%s exec -it -n %s feed -- sh -c 'tty; echo tty-ok; exit 4'", k.path, ns)
 		cmd := exec.CommandContext(ctx, "script", "-qec", line, "/dev/null")
 		cmd.Env = k.env
-		cmd.Stdin = nil
+		// script ends the session when its stdin ends: keep it open
+		// until the command is done.
+		stdinR, stdinW, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stdinW.Close()
+		cmd.Stdin = stdinR
 		out, err := cmd.CombinedOutput()
+		stdinR.Close()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 4 {
 			t.Errorf("exec -it exit code: %v, want 4\n%s", err, out)
@@ -774,4 +783,48 @@ func TestKubeletAuthz(t *testing.T) {
 			c.CloseIdleConnections()
 		}
 	})
+}
+
+// TestNodePathsNoLingeringConns: proxied requests must not leave idle
+// backend connections (and their goroutines) behind in the hub: each
+// request's transport is used once, so a kept-alive connection could never
+// be reused and would only linger until its idle timeout.
+func TestNodePathsNoLingeringConns(t *testing.T) {
+	e := sharedNodePaths(t)
+	hc, err := rest.HTTPClientFor(e.c.Hub.Config(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	paths := []string{
+		"/api/v1/namespaces/" + e.ns + "/pods/web:" + strconv.Itoa(e.httpPort) + "/proxy/",
+		"/api/v1/nodes/" + e.c.Agents[0].Name + "/proxy/healthz",
+		"/api/v1/namespaces/" + e.ns + "/pods/feed/log?tailLines=1",
+	}
+	get := func(p string) {
+		t.Helper()
+		if _, err := httpGet(hc, e.c.Hub.URL()+p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range paths {
+		get(p) // warm up lazily started machinery
+	}
+	before := hubMetrics(t, hc, e.c.Hub.URL())["go_goroutines"]
+	for i := range n {
+		get(paths[i%len(paths)])
+	}
+	// Connections closed by the hub end their goroutines promptly; poll.
+	var after float64
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after = hubMetrics(t, hc, e.c.Hub.URL())["go_goroutines"]
+		if after-before < n/2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if after-before >= n/2 {
+		t.Errorf("hub goroutines %v → %v after %d proxied requests: backend connections linger", before, after, n)
+	}
 }

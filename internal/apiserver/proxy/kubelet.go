@@ -152,9 +152,9 @@ func (k *kubelet) transport(t nodeTarget) *http.Transport {
 		TLSClientConfig:       tc,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 0,
-		MaxIdleConnsPerHost:   2,
-		IdleConnTimeout:       30 * time.Second,
-		ForceAttemptHTTP2:     false,
+		// One transport per request: no idle connections left behind.
+		DisableKeepAlives: true,
+		ForceAttemptHTTP2: false,
 	}
 }
 

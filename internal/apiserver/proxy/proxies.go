@@ -60,8 +60,10 @@ func (b *base) plainTransport() *http.Transport {
 		DialContext:         b.k.cfg.Dialer.DialContext,
 		TLSClientConfig:     &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}, //nolint:gosec // documented behaviour of https: proxying
 		TLSHandshakeTimeout: 10 * time.Second,
-		MaxIdleConnsPerHost: 2,
-		IdleConnTimeout:     30 * time.Second,
+		// A transport serves one request: a kept-alive connection could
+		// never be reused and would linger (with its goroutines) until
+		// an idle timeout.
+		DisableKeepAlives: true,
 	}
 }
 
