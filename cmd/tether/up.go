@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tether-dev/tether/internal/bootstraptoken"
+	"github.com/tether-dev/tether/internal/egress"
 	"github.com/tether-dev/tether/internal/hub"
 	"github.com/tether-dev/tether/internal/nodeagent"
 )
@@ -140,8 +141,15 @@ func startNodes(ctx context.Context, out io.Writer, cfg hub.Config, h *hub.Hub, 
 		if err != nil {
 			return stopped, err
 		}
+		// With SSH egress every node runs the restricted SSH endpoint on a
+		// free port of its address (published on its Node).
+		var sshEndpoint string
+		if cfg.Egress.Mode == egress.ModeSSH {
+			sshEndpoint = net.JoinHostPort(cfg.AdvertiseAddress.String(), "0")
+		}
 		a, err := nodeagent.New(nodeagent.Config{
-			Server: h.Server(), NodeName: name, DataDir: filepath.Join(cfg.DataDir, "nodes", name),
+			SSHEndpoint: sshEndpoint,
+			Server:      h.Server(), NodeName: name, DataDir: filepath.Join(cfg.DataDir, "nodes", name),
 			Token: token, CACertFile: caFile, NodeIP: cfg.AdvertiseAddress, KubeletListener: ln,
 			StopPodsOnExit: true, Konnectivity: "auto",
 			Logger: cfg.Logger.With("node", name),

@@ -93,18 +93,23 @@ func (n *NodeEndpoint) Run(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
-	n.refresh(ctx, ep)
+	haveKey := n.refresh(ctx, ep)
 	errc := make(chan error, 1)
 	go func() { errc <- ep.Run(ctx) }()
 	log.Info("ssh endpoint serving", "addr", ln.Addr().String(), "hostKey", ssh.FingerprintSHA256(n.key.PublicKey()))
-	tick := time.NewTicker(n.cfg.PollInterval)
-	defer tick.Stop()
 	for {
+		// Poll quickly until the hub has published its key.
+		delay := n.cfg.PollInterval
+		if !haveKey {
+			delay = min(delay, time.Second)
+		}
+		timer := time.NewTimer(delay)
 		select {
 		case err := <-errc:
+			timer.Stop()
 			return err
-		case <-tick.C:
-			n.refresh(ctx, ep)
+		case <-timer.C:
+			haveKey = n.refresh(ctx, ep) || haveKey
 		}
 	}
 }
@@ -124,9 +129,11 @@ func (n *NodeEndpoint) publish(ctx context.Context, port string) error {
 	return nil
 }
 
-// refresh reloads the hub key and the allowed destinations.
-func (n *NodeEndpoint) refresh(ctx context.Context, ep *Endpoint) {
+// refresh reloads the hub key and the allowed destinations; it reports
+// whether a hub key was loaded.
+func (n *NodeEndpoint) refresh(ctx context.Context, ep *Endpoint) bool {
 	log := n.cfg.Logger
+	loaded := false
 	cm, err := n.cfg.Client.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, ConfigMapName, metav1.GetOptions{})
 	if err != nil {
 		log.Info("ssh endpoint: reading hub key", "err", err)
@@ -134,13 +141,15 @@ func (n *NodeEndpoint) refresh(ctx context.Context, ep *Endpoint) {
 		log.Warn("ssh endpoint: bad hub key", "err", err)
 	} else {
 		ep.SetAuthorizedKeys(k)
+		loaded = true
 	}
 	node, err := n.cfg.Client.CoreV1().Nodes().Get(ctx, n.cfg.NodeName, metav1.GetOptions{})
 	if err != nil {
 		log.Info("ssh endpoint: reading node", "err", err)
-		return
+		return loaded
 	}
 	ep.SetDestinations(NodeDestinations(node, n.cfg.KubeletPort))
+	return loaded
 }
 
 // NodeDestinations allows the kubelet port on the node's IPs and its pod CIDRs.
