@@ -587,3 +587,52 @@ func validateProtocol(p *field.Path, proto corev1.Protocol) field.ErrorList {
 // pods are defined in pod.go.
 
 func formatInt(i int64) string { return strconv.FormatInt(i, 10) }
+
+func persistentVolumeClaims() Resource {
+	return Resource{
+		GroupVersion: gvCore, Plural: "persistentvolumeclaims", Singular: "persistentvolumeclaim", ShortNames: []string{"pvc"},
+		New: func() runtime.Object { return &corev1.PersistentVolumeClaim{} }, NewList: func() runtime.Object { return &corev1.PersistentVolumeClaimList{} },
+		Kind: Kind{Namespaced: true, HasStatus: true,
+			PrepareCreate: func(_ context.Context, obj runtime.Object) {
+				obj.(*corev1.PersistentVolumeClaim).Status = corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimPending}
+			},
+			Validate: func(obj runtime.Object) field.ErrorList {
+				c := obj.(*corev1.PersistentVolumeClaim)
+				if len(c.Spec.AccessModes) == 0 {
+					return field.ErrorList{field.Required(field.NewPath("spec", "accessModes"), "at least 1 access mode is required")}
+				}
+				return nil
+			}},
+		Table: Table{
+			Columns: []metav1.TableColumnDefinition{col("Name", "string", false, "Name"), col("Status", "string", false, "Phase"),
+				col("Volume", "string", false, "Bound volume"), col("Age", "string", false, "Age")},
+			Row: func(obj runtime.Object) []any {
+				c := obj.(*corev1.PersistentVolumeClaim)
+				return []any{c.Name, string(c.Status.Phase), c.Spec.VolumeName, age(c.CreationTimestamp)}
+			},
+		},
+	}
+}
+
+func persistentVolumes() Resource {
+	return Resource{
+		GroupVersion: gvCore, Plural: "persistentvolumes", Singular: "persistentvolume", ShortNames: []string{"pv"},
+		New: func() runtime.Object { return &corev1.PersistentVolume{} }, NewList: func() runtime.Object { return &corev1.PersistentVolumeList{} },
+		Kind: Kind{HasStatus: true,
+			PrepareCreate: func(_ context.Context, obj runtime.Object) {
+				obj.(*corev1.PersistentVolume).Status = corev1.PersistentVolumeStatus{Phase: corev1.VolumePending}
+			}},
+		Table: Table{
+			Columns: []metav1.TableColumnDefinition{col("Name", "string", false, "Name"), col("Status", "string", false, "Phase"),
+				col("Claim", "string", false, "Bound claim"), col("Age", "string", false, "Age")},
+			Row: func(obj runtime.Object) []any {
+				v := obj.(*corev1.PersistentVolume)
+				claim := ""
+				if r := v.Spec.ClaimRef; r != nil {
+					claim = r.Namespace + "/" + r.Name
+				}
+				return []any{v.Name, string(v.Status.Phase), claim, age(v.CreationTimestamp)}
+			},
+		},
+	}
+}

@@ -330,6 +330,7 @@ func rbacResources() []Resource {
 // Stored returns every stored resource the hub serves.
 func Stored() []Resource {
 	list := []Resource{namespaces(), nodes(), pods(), services(), endpoints(), serviceAccounts(), secrets(), configMaps(), events(),
+		persistentVolumeClaims(), persistentVolumes(),
 		leases(), endpointSlices(), csrs()}
 	return append(list, rbacResources()...)
 }
