@@ -584,8 +584,8 @@ func TestWatchResumesAfterRestart(t *testing.T) {
 	if err := h.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	cs = h.Client(t) // the old client's connections died with the process
-	cms = cs.CoreV1().ConfigMaps(ns)
+	// The same client (and the retry watcher, which shares cms) reconnects
+	// to the restarted process on the same port.
 	got, err := cms.Get(ctx, "before", metav1.GetOptions{})
 	if err != nil || got.Data["v"] != "2" || got.UID != first.UID {
 		t.Fatalf("after restart: %v %+v", err, got)
