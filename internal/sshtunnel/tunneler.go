@@ -503,7 +503,7 @@ func (e *HostKeyMismatchError) Error() string {
 }
 
 // hostKeyCallback verifies the node's host key: known_hosts first, else the
-// Node annotation (re-read once on mismatch to follow rotation).
+// Node annotation, read fresh for each new connection (follows rotation).
 func (t *Tunneler) hostKeyCallback(ctx context.Context, name string) ssh.HostKeyCallback {
 	return func(hostname string, remote net.Addr, key ssh.PublicKey) error {
 		if t.cfg.InsecureSkipHostKeyCheck {
@@ -523,15 +523,12 @@ func (t *Tunneler) hostKeyCallback(ctx context.Context, name string) ssh.HostKey
 			}
 			// Not in known_hosts: fall back to the annotation.
 		}
+		// New connections are rare (one per node): verify against a fresh
+		// read of the Node, so a rotated (or revoked) key applies at once.
+		if err := t.resync(ctx); err != nil {
+			return fmt.Errorf("sshtunnel: node %q: cannot verify host key: %w", name, err)
+		}
 		want, err := t.publishedKey(name)
-		if err == nil && bytes.Equal(want.Marshal(), key.Marshal()) {
-			return nil
-		}
-		// Re-read: the node may have rotated its key.
-		if rerr := t.resync(ctx); rerr != nil {
-			return fmt.Errorf("sshtunnel: node %q: cannot verify host key: %w", name, rerr)
-		}
-		want, err = t.publishedKey(name)
 		if err != nil {
 			return err
 		}
