@@ -666,3 +666,28 @@ func TestNodeForSharedIP(t *testing.T) {
 		}
 	}
 }
+
+func TestEndpointIdleTimeout(t *testing.T) {
+	hub, host := newSigner(t), newSigner(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := NewEndpoint(EndpointConfig{Listener: ln, HostKey: host, IdleTimeout: 300 * time.Millisecond, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep.SetAuthorizedKeys(hub.PublicKey())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ep.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	c := rawClient(t, ln.Addr().(*net.TCPAddr), hub)
+	closed := make(chan struct{})
+	go func() { _ = c.Wait(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("idle connection not closed")
+	}
+}
