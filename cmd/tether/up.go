@@ -9,9 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tether-dev/tether/internal/bootstraptoken"
 	"github.com/tether-dev/tether/internal/egress"
@@ -99,7 +104,8 @@ func runUp(ctx context.Context, out io.Writer, cfg hub.Config, nodes int, verbos
 	if nodes > 0 {
 		fmt.Fprintf(out, "• %d node(s) ready in %s\n", nodes, time.Since(start).Round(time.Millisecond))
 	}
-	fmt.Fprintf(out, "\nCluster is up. In another shell:\n\n  export KUBECONFIG=%s\n  kubectl get ns\n\nCtrl-C stops the cluster; `tether up --data-dir %s` resumes it.\n", h.AdminKubeconfig(), cfg.DataDir)
+	printStatus(ctx, out, cfg, h)
+	fmt.Fprintf(out, "\nCluster is up. In another shell:\n\n  export KUBECONFIG=%s\n  kubectl get nodes\n\nCtrl-C stops the cluster; `tether up --data-dir %s` resumes it.\n", h.AdminKubeconfig(), cfg.DataDir)
 	if err := os.WriteFile(filepath.Join(cfg.DataDir, "up.ready"), []byte(h.Server()+"\n"), 0o600); err != nil {
 		return err
 	}
@@ -186,4 +192,43 @@ func openLog(dir string) (*os.File, error) {
 		return nil, err
 	}
 	return os.OpenFile(filepath.Join(dir, "tether.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+}
+
+// printStatus ends start-up with a table: the hub, the egress mode and every
+// node with its address and readiness, as the API reports them.
+func printStatus(ctx context.Context, out io.Writer, cfg hub.Config, h *hub.Hub) {
+	egress := cfg.Egress.Mode
+	if egress == "" {
+		egress = "direct"
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	defer w.Flush()
+	fmt.Fprintf(w, "\nHUB\t%s\tegress=%s\tkubeconfig=%s\n", h.Server(), egress, h.AdminKubeconfig())
+	rc, err := clientcmd.BuildConfigFromFlags("", h.AdminKubeconfig())
+	if err != nil {
+		return
+	}
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return
+	}
+	nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		fmt.Fprintf(w, "NODES\tcould not list: %v\n", err)
+		return
+	}
+	for _, n := range nodes.Items {
+		ready, addr := "NotReady", ""
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+				ready = "Ready"
+			}
+		}
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				addr = a.Address
+			}
+		}
+		fmt.Fprintf(w, "NODE\t%s\t%s\t%s:%d\n", n.Name, ready, addr, n.Status.DaemonEndpoints.KubeletEndpoint.Port)
+	}
 }
