@@ -19,6 +19,7 @@ import (
 // hubFlags are the flags shared by `tether server` and `tether up`.
 type hubFlags struct {
 	dataDir, bindAddress, advertiseAddress, serviceCIDR string
+	clusterCIDR                                         string
 	securePort                                          int
 	etcdServers                                         []string
 	etcdCA, etcdCert, etcdKey                           string
@@ -41,6 +42,7 @@ func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
 	fs.IntVar(&f.securePort, "secure-port", 6443, "HTTPS port of the API (there is no plain-HTTP port)")
 	fs.StringVar(&f.advertiseAddress, "advertise-address", "", "address published to nodes in the kubernetes Endpoints (default: first non-loopback IPv4)")
 	fs.StringVar(&f.serviceCIDR, "service-cluster-ip-range", "10.96.0.0/12", "CIDR for service cluster IPs; the first address is the kubernetes Service")
+	fs.StringVar(&f.clusterCIDR, "cluster-cidr", hub.DefaultClusterCIDR, "pod range; every Node gets a /24 of it as spec.podCIDR")
 	fs.StringSliceVar(&f.etcdServers, "etcd-servers", nil, "external etcd client URLs (default: embedded etcd under --data-dir)")
 	fs.StringVar(&f.etcdCA, "etcd-cafile", "", "CA bundle for external etcd")
 	fs.StringVar(&f.etcdCert, "etcd-certfile", "", "client certificate for external etcd")
@@ -104,6 +106,9 @@ func (f *hubFlags) config() (hub.Config, error) {
 		return cfg, fmt.Errorf("--service-cluster-ip-range: %w", err)
 	}
 	cfg.ServiceClusterIPRange = cidr
+	if cfg.ClusterCIDR, err = parseClusterCIDR(f.clusterCIDR, cidr); err != nil {
+		return cfg, err
+	}
 	if f.ssh.Port <= 0 || f.ssh.Port > 65535 {
 		return cfg, fmt.Errorf("--ssh-port %d is out of range", f.ssh.Port)
 	}

@@ -48,6 +48,10 @@ type Config struct {
 	AdvertiseAddress net.IP
 	// ServiceClusterIPRange; zero value 10.96.0.0/12.
 	ServiceClusterIPRange *net.IPNet
+	// ClusterCIDR is the pod range; each Node gets a NodeCIDRMaskSize
+	// (zero: /24) slice of it as spec.podCIDR. Zero value 10.244.0.0/16.
+	ClusterCIDR      *net.IPNet
+	NodeCIDRMaskSize int
 	// EtcdServers: external etcd; empty means embedded etcd under DataDir/etcd.
 	EtcdServers                           []string
 	EtcdCAFile, EtcdCertFile, EtcdKeyFile string
@@ -440,6 +444,11 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 		log.Error("controllers", "err", err)
 		return
 	}
+	ipam, err := h.newNodeIPAM(kcm)
+	if err != nil {
+		log.Error("controllers", "err", err)
+		return
+	}
 	// First bootstrap pass before declaring the hub ready.
 	retry(ctx, log, "bootstrap", func() error { return boot.Reconcile(ctx) })
 	if konn != nil {
@@ -465,7 +474,7 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 	}
 	h.readyOnce.Do(func() { close(h.ready) })
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{boot.Run, ns.Run, csr.Run, sas.Run, tokens.Run, sched.Run, lifecycle.Run} {
+	for _, run := range []func(context.Context) error{boot.Run, ns.Run, csr.Run, sas.Run, tokens.Run, sched.Run, lifecycle.Run, ipam.Run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
