@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,8 +10,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -20,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	kagent "github.com/tether-dev/tether/internal/konnectivity/agent"
+	"github.com/tether-dev/tether/internal/konnectivity/leases"
 	kserver "github.com/tether-dev/tether/internal/konnectivity/server"
 	"github.com/tether-dev/tether/internal/konnectivity/wire"
 )
@@ -91,11 +96,26 @@ func konnectivityServerCommand() (*cobra.Command, *konnectivityServerFlags) {
 			if err != nil {
 				return err
 			}
+			pub, err := f.leasePublisher(log)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			var wg sync.WaitGroup
+			var pubErr error
 			lc.Ready = func(a kserver.Addrs) {
 				log.Info("konnectivity server ready", "serverID", s.ID(), "mode", lc.Mode, "uds", a.UDS,
 					"frontend", addrString(a.Frontend), "agent", addrString(a.Agent), "health", addrString(a.Health), "admin", addrString(a.Admin))
+				if pub != nil {
+					log.Info("publishing server lease", "lease", f.leaseNamespace+"/"+pub.Name())
+					wg.Go(func() { pubErr = pub.Run(ctx) })
+				}
 			}
-			return s.Run(cmd.Context(), lc)
+			err = s.Run(ctx, lc)
+			cancel()
+			wg.Wait()
+			return errors.Join(err, pubErr)
 		},
 	}
 	fl := cmd.Flags()
@@ -133,7 +153,7 @@ func konnectivityServerCommand() (*cobra.Command, *konnectivityServerFlags) {
 	fl.StringSliceVar(&f.cipherSuites, "cipher-suites", nil, "The comma separated list of allowed cipher suites. Has no effect on TLS1.3. Empty means allow default list.")
 	fl.StringVar(&f.tlsMinVersion, "tls-min-version", "", "Minimum TLS version for server connections: VersionTLS12 or VersionTLS13. Empty defaults to VersionTLS12 (tether refuses older versions).")
 	fl.IntVar(&f.xfrChannelSize, "xfr-channel-size", 10, "Accepted for compatibility; tether bounds per-connection buffers itself.")
-	fl.BoolVar(&f.enableLeaseController, "enable-lease-controller", false, "Accepted for compatibility; lease publishing is not implemented (set --server-count).")
+	fl.BoolVar(&f.enableLeaseController, "enable-lease-controller", false, "Enable lease controller to publish and garbage collect proxy server leases.")
 	fl.StringVar(&f.leaseNamespace, "lease-namespace", "kube-system", "The namespace where lease objects are managed by the controller.")
 	fl.StringVar(&f.leaseLabel, "lease-label", "k8s-app=konnectivity-server", "The labels on which the lease objects are managed.")
 	fl.DurationVar(&f.gracefulShutdown, "graceful-shutdown-timeout", 0, "Accepted for compatibility; open tunnels are closed at shutdown.")
@@ -298,17 +318,7 @@ func (f *konnectivityServerFlags) config(log *slog.Logger) (kserver.Config, kser
 		if f.agentNamespace == "" || f.agentSA == "" || f.authAudience == "" {
 			return cfg, lc, errors.New("--agent-namespace, --agent-service-account and --authentication-audience must be set together")
 		}
-		var rc *rest.Config
-		if f.kubeconfig != "" {
-			rc, err = clientcmd.BuildConfigFromFlags("", f.kubeconfig)
-		} else {
-			rc, err = rest.InClusterConfig()
-		}
-		if err != nil {
-			return cfg, lc, fmt.Errorf("agent token authentication: %w", err)
-		}
-		rc.QPS, rc.Burst, rc.ContentType = f.kubeconfigQPS, f.kubeconfigBurst, f.apiContentType
-		cs, err := kubernetes.NewForConfig(rc)
+		cs, err := kubeClient(f.kubeconfig, f.apiContentType, f.kubeconfigQPS, f.kubeconfigBurst)
 		if err != nil {
 			return cfg, lc, fmt.Errorf("agent token authentication: %w", err)
 		}
@@ -326,7 +336,6 @@ func (f *konnectivityServerFlags) config(log *slog.Logger) (kserver.Config, kser
 		on  bool
 		msg string
 	}{
-		{f.enableLeaseController, "--enable-lease-controller is not implemented; agents learn the server count from --server-count"},
 		{f.gracefulShutdown > 0, "--graceful-shutdown-timeout is accepted; tunnels are closed at shutdown"},
 	} {
 		if w.on {
@@ -334,6 +343,39 @@ func (f *konnectivityServerFlags) config(log *slog.Logger) (kserver.Config, kser
 		}
 	}
 	return cfg, lc, nil
+}
+
+// kubeClient builds a client from a kubeconfig file, or in-cluster when path is "".
+func kubeClient(path, contentType string, qps float32, burst int) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if path != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", path)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, err
+	}
+	rc.QPS, rc.Burst, rc.ContentType = qps, burst, contentType
+	return kubernetes.NewForConfig(rc)
+}
+
+// leasePublisher returns the server's lease publisher when
+// --enable-lease-controller is set, else nil.
+func (f *konnectivityServerFlags) leasePublisher(log *slog.Logger) (*leases.Publisher, error) {
+	if !f.enableLeaseController {
+		return nil, nil
+	}
+	lbls, err := leases.ParseLabels(f.leaseLabel)
+	if err != nil {
+		return nil, fmt.Errorf("--lease-label: %w", err)
+	}
+	cs, err := kubeClient(f.kubeconfig, f.apiContentType, f.kubeconfigQPS, f.kubeconfigBurst)
+	if err != nil {
+		return nil, fmt.Errorf("--enable-lease-controller: %w", err)
+	}
+	return leases.NewPublisher(leases.PublisherConfig{Client: cs, Namespace: f.leaseNamespace, ServerID: f.serverID, Labels: lbls, Logger: log})
 }
 
 // konnectivityAgentFlags mirrors upstream proxy-agent's flags plus tether's own.
@@ -364,6 +406,7 @@ type konnectivityAgentFlags struct {
 	dialTimeout                       time.Duration
 	maxConns, maxPending              int
 	disableConnStreams                bool
+	drainTimeout                      time.Duration
 }
 
 func newKonnectivityAgentCmd() *cobra.Command {
@@ -381,11 +424,59 @@ func newKonnectivityAgentCmd() *cobra.Command {
 			cfg.Ready = func(h, a net.Addr) {
 				log.Info("konnectivity agent started", "agentID", cfg.AgentID, "servers", cfg.Servers, "health", addrString(h), "admin", addrString(a))
 			}
+			counter, err := f.leaseCounter(log)
+			if err != nil {
+				return err
+			}
+			drain := make(chan struct{})
+			cfg.Drain = drain
+			if counter != nil {
+				cfg.ServerCount = counter.Count
+			}
 			a, err := kagent.New(cfg)
 			if err != nil {
 				return err
 			}
-			return a.Run(cmd.Context())
+			// The first SIGTERM drains (servers route no new dials here);
+			// the agent then stops when its connections are gone, at
+			// --drain-timeout, or at a second signal — as upstream does.
+			ctx, stop := context.WithCancel(context.WithoutCancel(cmd.Context()))
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer stop()
+			if counter != nil {
+				wg.Go(func() { _ = counter.Run(ctx) })
+			}
+			wg.Go(func() {
+				select {
+				case <-ctx.Done():
+					return
+				case <-cmd.Context().Done():
+				}
+				sig := make(chan os.Signal, 1)
+				signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+				defer signal.Stop(sig)
+				close(drain)
+				log.Info("draining: stopping once open connections end", "open", a.OpenConns(), "timeout", f.drainTimeout)
+				deadline := time.NewTimer(f.drainTimeout)
+				defer deadline.Stop()
+				tick := time.NewTicker(100 * time.Millisecond)
+				defer tick.Stop()
+				for a.OpenConns() > 0 {
+					select {
+					case <-deadline.C:
+						log.Warn("drain timeout: closing open connections", "open", a.OpenConns())
+						stop()
+						return
+					case <-sig:
+						stop()
+						return
+					case <-tick.C:
+					}
+				}
+				stop()
+			})
+			return a.Run(ctx)
 		},
 	}
 	fl := cmd.Flags()
@@ -411,10 +502,11 @@ func newKonnectivityAgentCmd() *cobra.Command {
 	fl.BoolVar(&f.warnOnChannelLimit, "warn-on-channel-limit", false, "Accepted for compatibility.")
 	fl.BoolVar(&f.syncForever, "sync-forever", false, "Accepted for compatibility; tether always keeps connections to every server.")
 	fl.IntVar(&f.xfrChannelSize, "xfr-channel-size", 150, "Accepted for compatibility; tether bounds per-connection buffers itself.")
-	fl.BoolVar(&f.countServerLeases, "count-server-leases", false, "Accepted for compatibility; lease counting is not implemented (server count comes from the servers).")
+	fl.BoolVar(&f.countServerLeases, "count-server-leases", false, "Enables lease counting system to determine the number of proxy servers to connect to.")
 	fl.StringVar(&f.leaseNamespace, "lease-namespace", "kube-system", "Namespace where lease objects are managed.")
 	fl.StringVar(&f.leaseLabel, "lease-label", "k8s-app=konnectivity-server", "The labels on which the lease objects are managed.")
-	fl.StringVar(&f.serverCountSource, "server-count-source", "default", "Accepted for compatibility.")
+	fl.StringVar(&f.serverCountSource, "server-count-source", "default", "Defines how the server counts from lease and from server responses are combined. Possible values: 'default' to use only one source (server or leases depending on other flags), 'max' to take the larger value.")
+	fl.DurationVar(&f.drainTimeout, "drain-timeout", 20*time.Second, "tether: after the first SIGTERM the agent drains and exits when its connections end or after this long (a second signal exits at once).")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "Path to the kubeconfig file")
 	fl.StringVar(&f.apiContentType, "kube-api-content-type", "application/vnd.kubernetes.protobuf", "Content type of requests sent to apiserver.")
 	fl.IntVar(&f.v, "v", 0, "Log verbosity; 4 or more logs debug messages.")
@@ -473,8 +565,18 @@ func (f *konnectivityAgentFlags) config(log *slog.Logger) (kagent.Config, error)
 		}
 		cfg.TLS = tc
 	}
-	if f.countServerLeases {
-		log.Warn("--count-server-leases is not implemented; the server count comes from the servers' serverCount")
-	}
+	cfg.ServerCountSource = f.serverCountSource
 	return cfg, nil
+}
+
+// leaseCounter returns the lease counter when --count-server-leases is set, else nil.
+func (f *konnectivityAgentFlags) leaseCounter(log *slog.Logger) (*leases.Counter, error) {
+	if !f.countServerLeases {
+		return nil, nil
+	}
+	cs, err := kubeClient(f.kubeconfig, f.apiContentType, 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("--count-server-leases: %w", err)
+	}
+	return leases.NewCounter(leases.CounterConfig{Client: cs, Namespace: f.leaseNamespace, Selector: f.leaseLabel, Logger: log})
 }

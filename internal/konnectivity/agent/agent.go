@@ -92,6 +92,16 @@ type Config struct {
 	DialEndpoint func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Ready, if set, is called with the health and admin addresses once they listen.
 	Ready func(health, admin net.Addr)
+	// ServerCount, if set, counts the servers from their leases (upstream's
+	// --count-server-leases); see package leases.
+	ServerCount func() int
+	// ServerCountSource combines lease and response counts: "default" uses
+	// the leases when ServerCount is set, "max" takes the larger.
+	ServerCountSource string
+	// Drain, when closed, makes the agent send DRAIN to every server (now
+	// and on later connections): servers stop routing new dials to it while
+	// established connections continue.
+	Drain <-chan struct{}
 }
 
 // Agent is a Konnectivity agent.
@@ -107,7 +117,7 @@ type Agent struct {
 	servers   map[string]*session // by server ID
 	nconns    int
 	npending  int
-	maxCount  int
+	respCount int // largest serverCount a server announced
 	slotCount int
 }
 
@@ -134,6 +144,11 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.SyncInterval <= 0 {
 		cfg.SyncInterval = time.Second
+	}
+	switch cfg.ServerCountSource {
+	case "", "default", "max":
+	default:
+		return nil, fmt.Errorf("konnectivity agent: server count source %q: want default or max", cfg.ServerCountSource)
 	}
 	if cfg.SyncIntervalCap <= 0 {
 		cfg.SyncIntervalCap = 10 * time.Second
@@ -227,10 +242,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.Ready != nil {
 		a.cfg.Ready(health, admin)
 	}
-	a.m.knownServerCount.Set(float64(len(a.cfg.Servers)))
+	a.m.knownServerCount.Set(float64(max(len(a.cfg.Servers), a.serverCount())))
 	// One slot per address; more for a single load-balanced address when the
-	// servers announce a larger serverCount.
+	// servers announce (or their leases show) a larger count.
 	grow := make(chan struct{}, 1)
+	var recount <-chan time.Time
+	if a.cfg.ServerCount != nil {
+		t := time.NewTicker(a.cfg.SyncInterval)
+		defer t.Stop()
+		recount = t.C
+	}
 	start := func() {
 		a.mu.Lock()
 		i := a.slotCount
@@ -250,15 +271,38 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			wg.Wait()
 			return nil
+		case <-recount:
 		case <-grow:
-			a.mu.Lock()
-			need := a.maxCount - a.slotCount
-			a.mu.Unlock()
-			for ; need > 0; need-- {
-				start()
-			}
+		}
+		n := a.serverCount()
+		a.m.knownServerCount.Set(float64(max(len(a.cfg.Servers), n)))
+		if len(a.cfg.Servers) != 1 {
+			continue
+		}
+		a.mu.Lock()
+		need := n - a.slotCount
+		a.mu.Unlock()
+		for ; need > 0; need-- {
+			start()
 		}
 	}
+}
+
+// serverCount is the number of servers the agent should be connected to,
+// combining the servers' announced serverCount and, if configured, their
+// leases the way upstream's --server-count-source does.
+func (a *Agent) serverCount() int {
+	a.mu.Lock()
+	resp := a.respCount
+	a.mu.Unlock()
+	if a.cfg.ServerCount == nil {
+		return max(resp, 1)
+	}
+	n := a.cfg.ServerCount()
+	if a.cfg.ServerCountSource == "max" {
+		n = max(n, resp)
+	}
+	return max(n, 1)
 }
 
 // slot keeps one server connection up, with capped exponential backoff and jitter.

@@ -93,8 +93,8 @@ func (a *Agent) session(ctx context.Context, addr string, grow chan<- struct{}) 
 	if v, err := wire.One(hdr, wire.MDServerCount); err == nil {
 		if n, err := strconv.Atoi(v); err == nil && n > 0 && n <= 1000 {
 			a.mu.Lock()
-			if n > a.maxCount && len(a.cfg.Servers) == 1 {
-				a.maxCount = n
+			if n > a.respCount {
+				a.respCount = n
 				select {
 				case grow <- struct{}{}:
 				default:
@@ -115,6 +115,18 @@ func (a *Agent) session(ctx context.Context, addr string, grow chan<- struct{}) 
 	a.m.openServerConns.Set(float64(len(a.servers)))
 	a.mu.Unlock()
 	a.log.Info("connected to konnectivity server", "server", addr, "serverID", serverID, "connStreams", s.ext)
+	if a.cfg.Drain != nil {
+		s.wg.Go(func() {
+			select {
+			case <-a.cfg.Drain:
+				a.log.Info("draining: asking the server to route no new dials here", "serverID", serverID)
+				if err := s.send(&client.Packet{Type: client.PacketType_DRAIN, Payload: &client.Packet_Drain{Drain: &client.Drain{}}}); err != nil {
+					a.log.Debug("send DRAIN", "serverID", serverID, "err", err)
+				}
+			case <-sctx.Done():
+			}
+		})
+	}
 	err = s.serve()
 	cancel()
 	s.mu.Lock()
