@@ -36,6 +36,8 @@ type hub struct {
 	// ServiceCIDR, if set, is passed as --service-cluster-ip-range;
 	// otherwise `tether up` picks its default.
 	ServiceCIDR string
+	// Args are extra flags for `tether up`.
+	Args []string
 
 	mu  sync.Mutex
 	run *run // nil when not running
@@ -102,6 +104,7 @@ func (h *hub) Start() error {
 	if h.ServiceCIDR != "" {
 		args = append(args, "--service-cluster-ip-range", h.ServiceCIDR)
 	}
+	args = append(args, h.Args...)
 	cmd := exec.Command(tetherBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "HOME="+h.Dir)

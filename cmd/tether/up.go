@@ -150,7 +150,7 @@ func startNodes(ctx context.Context, out io.Writer, cfg hub.Config, h *hub.Hub, 
 		// With SSH egress every node runs the restricted SSH endpoint on a
 		// free port of its address (published on its Node).
 		var sshEndpoint string
-		if cfg.Egress.Mode == egress.ModeSSH {
+		if needSSH, _ := egress.NeedsSSH(cfg.Egress); needSSH { // a bad file already failed the hub
 			sshEndpoint = net.JoinHostPort(cfg.AdvertiseAddress.String(), "0")
 		}
 		a, err := nodeagent.New(nodeagent.Config{

@@ -5,6 +5,10 @@
 // upstream EgressSelectorConfiguration file format (apiserver.k8s.io/v1beta1)
 // and the --egress=direct|ssh|konnectivity shorthand. A failed dial says
 // which egress path failed and why.
+//
+// Upstream has no SSH proxy protocol in that file format; tether accepts
+// proxyProtocol "SSH" (no transport) for the `cluster` egress as an
+// extension, so a file can select the SSH tunnels too.
 package egress
 
 import (
@@ -30,6 +34,10 @@ const (
 	ModeSSH          = "ssh"
 	ModeKonnectivity = "konnectivity"
 )
+
+// ProtocolSSH is tether's extension to the EgressSelectorConfiguration
+// proxyProtocol values: dial through the hub's SSH tunnels.
+const ProtocolSSH apiserverapi.ProtocolType = "SSH"
 
 // Dialer dials addresses in the cluster network.
 type Dialer interface {
@@ -96,7 +104,7 @@ func New(cfg Config) (*Selector, error) {
 		return nil, fmt.Errorf("egress: unknown mode %q (direct, ssh, konnectivity)", cfg.Mode)
 	}
 	if cfg.SelectorConfigFile != "" {
-		if err := s.load(cfg.SelectorConfigFile); err != nil {
+		if err := s.load(cfg.SelectorConfigFile, cfg.SSH); err != nil {
 			s.Close()
 			return nil, err
 		}
@@ -104,25 +112,74 @@ func New(cfg Config) (*Selector, error) {
 	return s, nil
 }
 
-// load applies an EgressSelectorConfiguration file.
-func (s *Selector) load(path string) error {
+// readFile reads an EgressSelectorConfiguration file.
+func readFile(path string) (*apiserverapi.EgressSelectorConfiguration, error) {
 	conf, err := egressselector.ReadEgressSelectorConfiguration(path)
 	if err != nil {
-		return fmt.Errorf("egress: %s: %w", path, err)
+		return nil, fmt.Errorf("egress: %s: %w", path, err)
+	}
+	if conf == nil {
+		return nil, fmt.Errorf("egress: %s: empty configuration", path)
+	}
+	return conf, nil
+}
+
+// NeedsSSH reports whether cfg selects the SSH tunnels for some egress
+// (--egress=ssh, or proxyProtocol SSH in the selector file), so the caller
+// knows to build the tunneler before New.
+func NeedsSSH(cfg Config) (bool, error) {
+	if cfg.Mode == ModeSSH {
+		return true, nil
+	}
+	if cfg.SelectorConfigFile == "" {
+		return false, nil
+	}
+	conf, err := readFile(cfg.SelectorConfigFile)
+	if err != nil {
+		return false, err
+	}
+	for _, sel := range conf.EgressSelections {
+		if sel.Connection.ProxyProtocol == ProtocolSSH {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// load applies an EgressSelectorConfiguration file.
+func (s *Selector) load(path string, sshDialer Dialer) error {
+	conf, err := readFile(path)
+	if err != nil {
+		return err
 	}
 	for _, sel := range conf.EgressSelections {
 		name := sel.Name
 		if name == "master" {
 			name = "controlplane"
 		}
+		if _, ok := s.dialers[name]; !ok {
+			return fmt.Errorf("egress: %s: unknown egress name %q (cluster, controlplane, etcd)", path, sel.Name)
+		}
 		c := sel.Connection
 		switch c.ProxyProtocol {
 		case apiserverapi.ProtocolDirect:
 			s.dialers[name], s.modes[name] = &net.Dialer{Timeout: 10 * time.Second}, ModeDirect
 			continue
+		case ProtocolSSH:
+			if name != "cluster" {
+				return fmt.Errorf("egress: %s: proxyProtocol SSH is only for the cluster egress, not %q", path, sel.Name)
+			}
+			if c.Transport != nil {
+				return fmt.Errorf("egress: %s: proxyProtocol SSH takes no transport (configure it with the --ssh-* flags)", path)
+			}
+			if sshDialer == nil {
+				return fmt.Errorf("egress: %s: proxyProtocol SSH needs the SSH tunneler", path)
+			}
+			s.dialers[name], s.modes[name] = sshDialer, ModeSSH
+			continue
 		case apiserverapi.ProtocolHTTPConnect, apiserverapi.ProtocolGRPC:
 		default:
-			return fmt.Errorf("egress: %s: unsupported proxyProtocol %q", name, c.ProxyProtocol)
+			return fmt.Errorf("egress: %s: unsupported proxyProtocol %q (Direct, HTTPConnect, GRPC, SSH)", name, c.ProxyProtocol)
 		}
 		kc := client.Config{Mode: client.ModeGRPC}
 		if c.ProxyProtocol == apiserverapi.ProtocolHTTPConnect {

@@ -185,7 +185,11 @@ func (h *Hub) Run(ctx context.Context) error {
 		h.cfg.Egress.Konnectivity = konn.dialer()
 	}
 	var tunneler interface{ Run(context.Context) error }
-	if h.cfg.Egress.Mode == egress.ModeSSH && h.cfg.Egress.SSH == nil {
+	needSSH, err := egress.NeedsSSH(h.cfg.Egress)
+	if err != nil {
+		return fmt.Errorf("hub: %w", err)
+	}
+	if needSSH && h.cfg.Egress.SSH == nil {
 		t, key, err := h.newSSHTunneler()
 		if err != nil {
 			return err
