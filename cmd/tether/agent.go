@@ -63,6 +63,8 @@ func newAgentCmd() *cobra.Command {
 	fs.DurationVar(&certLifetime, "certificate-lifetime", 0, "requested lifetime of node certificates (default: the hub's signing duration)")
 	fs.StringVar(&nodeIP, "node-ip", "", "node address for the Node object and serving certificate (default: first non-loopback IPv4)")
 	fs.IntVar(&cfg.KubeletPort, "kubelet-port", 10250, "HTTPS port of the kubelet API (there is no read-only port)")
+	fs.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "kubelet serving certificate to use instead of requesting one by kubelet-serving CSR (with --tls-private-key-file)")
+	fs.StringVar(&cfg.TLSKeyFile, "tls-private-key-file", "", "key of --tls-cert-file")
 	fs.StringVar(&kubeletAddress, "kubelet-address", "", "bind address of the kubelet API (default: all addresses)")
 	fs.StringVar(&cfg.Konnectivity, "konnectivity", "auto", "Konnectivity agent: auto (when the hub publishes a server), off, or host:port of the server's agent port")
 	fs.StringVar(&cfg.SSHEndpoint, "ssh-endpoint", "", "run the restricted SSH endpoint for the hub's SSH egress on this address, e.g. :2222 (default: off)")

@@ -50,6 +50,7 @@ func subcommands() []*cobra.Command {
 		newAgentCmd(),
 		newKonnectivityServerCmd(),
 		newKonnectivityAgentCmd(),
+		newCheckCmd(),
 	}
 }
 

@@ -458,6 +458,7 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 	if konn != nil {
 		retry(ctx, log, "konnectivity config map", func() error { return publishKonnectivity(ctx, client, konn.addr) })
 	}
+	retry(ctx, log, "hub discovery config map", func() error { return publishDiscovery(ctx, client, h.discovery(konnAddr(konn))) })
 	if h.sshKey != "" {
 		retry(ctx, log, "ssh hub key config map", func() error { return publishSSHKey(ctx, client, h.sshKey) })
 	}

@@ -69,6 +69,10 @@ type Config struct {
 	KubeletPort     int
 	KubeletAddress  string // bind address; zero: all addresses
 	KubeletListener net.Listener
+	// TLSCertFile and TLSKeyFile: an operator-provided kubelet serving
+	// certificate used instead of one requested by kubelet-serving CSR (as
+	// kubelet's --tls-cert-file). Zero: request one from the hub.
+	TLSCertFile, TLSKeyFile string
 
 	// LeaseDuration (zero 40s) and LeaseRenewInterval (zero 10s).
 	LeaseDuration, LeaseRenewInterval time.Duration
@@ -268,6 +272,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	pods.rt = rt
 
+	provided, err := a.providedServingCert()
+	if err != nil {
+		return err
+	}
 	// Kubelet API.
 	ln := a.cfg.KubeletListener
 	if ln == nil {
@@ -282,6 +290,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	kapi, err := kubeletapi.New(kubeletapi.Config{
 		NodeName: a.cfg.NodeName, Listener: ln,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if provided != nil {
+				return provided, nil
+			}
 			if c := servingMgr.Current(); c != nil {
 				return c, nil
 			}
@@ -324,8 +335,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	// The serving CSR is made once the Node exists, so its SANs can be
 	// checked against the Node's addresses.
-	servingMgr.Start()
-	defer servingMgr.Stop()
+	if provided == nil {
+		servingMgr.Start()
+		defer servingMgr.Stop()
+	}
 	start("node-status", node.run)
 	start("lease", node.runLease)
 	start("pods", pods.run)
