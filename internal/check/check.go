@@ -49,13 +49,13 @@ const (
 
 // Paths, in report order.
 const (
-	PathAPIServer   = "apiserver"
-	PathNodeToHub   = "node-to-hub"
-	PathPodToHub    = "pod-to-hub"
-	PathHubKubelet  = "hub-to-kubelet"
-	PathHubProxy    = "hub-proxy"
-	PathEgress      = "egress"
-	PathRBAC        = "rbac"
+	PathAPIServer  = "apiserver"
+	PathNodeToHub  = "node-to-hub"
+	PathPodToHub   = "pod-to-hub"
+	PathHubKubelet = "hub-to-kubelet"
+	PathHubProxy   = "hub-proxy"
+	PathEgress     = "egress"
+	PathRBAC       = "rbac"
 )
 
 // PathTitles names each path as the seed does.
