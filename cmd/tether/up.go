@@ -27,6 +27,7 @@ import (
 func newUpCmd() *cobra.Command {
 	var f hubFlags
 	var nodes int
+	var iso *isolateFlags
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start a whole local cluster (hub + nodes) with embedded etcd; Ctrl-C stops it",
@@ -39,11 +40,15 @@ func newUpCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if handled, err := iso.run(cmd, cfg, nodes, f.verbose); handled {
+				return err
+			}
 			return runUp(cmd.Context(), cmd.OutOrStdout(), cfg, nodes, f.verbose)
 		},
 	}
 	f.add(cmd.Flags(), defaultStateDir())
 	cmd.Flags().IntVar(&nodes, "nodes", 0, "number of node agents to start")
+	iso = addIsolateFlags(cmd.Flags())
 	// A local cluster listens on loopback unless told otherwise, and its
 	// service VIPs are loopback addresses too, so the node agents' service
 	// proxy can serve them without root and nothing can leave the machine.
