@@ -24,6 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -288,6 +289,18 @@ func New(cfg Config) (srv *Server, err error) {
 		return nil, err
 	}
 	deps := registry.Deps{ServiceIPs: ips, NodePorts: registry.NewPortAllocator(etcdClient, cfg.EtcdPrefix+"/tether/nodeports/", cfg.NodePortFirst, cfg.NodePortLast)}
+	repair := &registry.Repair{IPs: deps.ServiceIPs, NodePorts: deps.NodePorts, Logger: cfg.Logger,
+		List: func(ctx context.Context) ([]corev1.Service, error) {
+			l, err := client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return nil, err
+			}
+			return l.Items, nil
+		}}
+	gc.AddPostStartHookOrDie("tether-service-allocation-repair", func(hc genericapiserver.PostStartHookContext) error {
+		go func() { _ = repair.Run(hc) }()
+		return nil
+	})
 
 	storage := map[schema.GroupVersion]map[string]rest.Storage{}
 	add := func(gv schema.GroupVersion, path string, s rest.Storage) {

@@ -119,6 +119,15 @@ func (a *Allocator) allocate(ctx context.Context, v, owner string) (fresh bool, 
 	if !resp.Succeeded {
 		kvs := resp.Responses[0].GetResponseRange().GetKvs()
 		if len(kvs) == 1 && string(kvs[0].Value) == owner {
+			// Touch the key: its revision changes, so a repair pass that
+			// suspected it as leaked before this call will not release it.
+			t, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", owner)).Then(clientv3.OpPut(key, owner)).Commit()
+			if err != nil {
+				return false, fmt.Errorf("allocator: %w", err)
+			}
+			if !t.Succeeded {
+				return false, ErrAllocated
+			}
 			return false, nil
 		}
 		return false, ErrAllocated
@@ -161,15 +170,43 @@ func (a *Allocator) Release(ctx context.Context, v, owner string) error {
 	return nil
 }
 
-// Owners lists allocated values and their owners (for repair).
+// Owners lists allocated values and their owners.
 func (a *Allocator) Owners(ctx context.Context) (map[string]string, error) {
+	recs, err := a.records(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(recs))
+	for v, r := range recs {
+		out[v] = r.owner
+	}
+	return out, nil
+}
+
+// record is one allocation and the etcd revision it was last written at.
+type record struct {
+	owner string
+	rev   int64
+}
+
+func (a *Allocator) records(ctx context.Context) (map[string]record, error) {
 	resp, err := a.cli.Get(ctx, a.prefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("allocator: %w", err)
 	}
-	out := make(map[string]string, len(resp.Kvs))
+	out := make(map[string]record, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		out[string(kv.Key[len(a.prefix):])] = string(kv.Value)
+		out[string(kv.Key[len(a.prefix):])] = record{owner: string(kv.Value), rev: kv.ModRevision}
 	}
 	return out, nil
+}
+
+// releaseUnchanged frees key v only if it was not written since rev.
+func (a *Allocator) releaseUnchanged(ctx context.Context, v string, rev int64) (bool, error) {
+	key := a.prefix + v
+	resp, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(clientv3.OpDelete(key)).Commit()
+	if err != nil {
+		return false, fmt.Errorf("allocator: %w", err)
+	}
+	return resp.Succeeded, nil
 }
