@@ -195,7 +195,9 @@ func (w *sshWorkload) podProxy(t *testing.T, k *kubectl, allowed bool, refusal s
 		wantContains(t, "service proxy", k.ok(t, "get", "--raw", svc), "hello from web over http path /s")
 		return
 	}
-	wantContains(t, "pod proxy refused", k.fails(t, "get", "--raw", pod), "via ssh", refusal)
+	msg := k.fails(t, "get", "--raw", pod)
+	wantContains(t, "pod proxy refused", msg, "via ssh", refusal)
+	t.Logf("pod proxy refused: %s", strings.TrimSpace(msg))
 	wantContains(t, "service proxy refused", k.fails(t, "get", "--raw", svc), "via ssh", refusal)
 }
 

@@ -202,13 +202,16 @@ func openLog(dir string) (*os.File, error) {
 // printStatus ends start-up with a table: the hub, the egress mode and every
 // node with its address and readiness, as the API reports them.
 func printStatus(ctx context.Context, out io.Writer, cfg hub.Config, h *hub.Hub) {
-	egress := cfg.Egress.Mode
-	if egress == "" {
-		egress = "direct"
+	mode := cfg.Egress.Mode
+	if mode == "" {
+		mode = "direct"
+	}
+	if ssh, _ := egress.NeedsSSH(cfg.Egress); ssh {
+		mode = "ssh(deprecated:use-konnectivity)"
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	defer w.Flush()
-	fmt.Fprintf(w, "\nHUB\t%s\tegress=%s\tkubeconfig=%s\n", h.Server(), egress, h.AdminKubeconfig())
+	fmt.Fprintf(w, "\nHUB\t%s\tegress=%s\tkubeconfig=%s\n", h.Server(), mode, h.AdminKubeconfig())
 	rc, err := clientcmd.BuildConfigFromFlags("", h.AdminKubeconfig())
 	if err != nil {
 		return

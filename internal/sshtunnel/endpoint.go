@@ -58,6 +58,11 @@ type EndpointConfig struct {
 	MaxChannels int
 	// DialTimeout for destinations; zero value 10s.
 	DialTimeout time.Duration
+	// Recheck, if set, is called before a channel is refused for its
+	// destination, at most once per second and bounded by 5s: it may
+	// refresh the destinations (e.g. a pod CIDR allocated since the last
+	// poll), which are then consulted again.
+	Recheck func(ctx context.Context)
 	// Logger; zero value slog.Default().
 	Logger *slog.Logger
 }
@@ -72,6 +77,8 @@ type Endpoint struct {
 	authorized []ssh.PublicKey
 	dest       Destinations
 	failures   map[netip.Addr][]time.Time
+	recheckMu  sync.Mutex
+	lastCheck  time.Time
 
 	handshakes chan struct{}
 }
@@ -283,9 +290,10 @@ func (e *Endpoint) serve(ctx context.Context, raw net.Conn) {
 			_ = nc.Reject(ssh.ConnectionFailed, "malformed direct-tcpip request: "+err.Error())
 			continue
 		}
-		e.mu.Lock()
-		ok := e.dest.Allows(p.Host, p.Port)
-		e.mu.Unlock()
+		ok := e.allows(p.Host, p.Port)
+		if !ok && e.recheck(ctx) {
+			ok = e.allows(p.Host, p.Port)
+		}
 		if !ok {
 			e.log.Warn("ssh endpoint: refused destination", "dest", netip.AddrPortFrom(p.Host, p.Port).String(), "remote", raw.RemoteAddr().String())
 			_ = nc.Reject(ssh.Prohibited, "destination "+netip.AddrPortFrom(p.Host, p.Port).String()+" not allowed")
@@ -303,6 +311,30 @@ func (e *Endpoint) serve(ctx context.Context, raw net.Conn) {
 			e.forward(ctx, nc, p)
 		}()
 	}
+}
+
+func (e *Endpoint) allows(addr netip.Addr, port uint16) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.dest.Allows(addr, port)
+}
+
+// recheck runs cfg.Recheck unless it ran less than a second ago; it
+// reports whether it ran.
+func (e *Endpoint) recheck(ctx context.Context) bool {
+	if e.cfg.Recheck == nil {
+		return false
+	}
+	e.recheckMu.Lock()
+	defer e.recheckMu.Unlock()
+	if time.Since(e.lastCheck) < time.Second {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	e.cfg.Recheck(ctx)
+	e.lastCheck = time.Now()
+	return true
 }
 
 // replyGlobal answers global requests: keepalives succeed, everything else

@@ -71,7 +71,11 @@ func (n *NodeEndpoint) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sshtunnel: listen %s: %w", n.cfg.Address, err)
 	}
-	ep, err := NewEndpoint(EndpointConfig{Listener: ln, HostKey: n.key, Logger: log})
+	var ep *Endpoint
+	ep, err = NewEndpoint(EndpointConfig{Listener: ln, HostKey: n.key, Logger: log,
+		// A refused destination re-reads the Node first: its pod CIDR
+		// may have been allocated after the last poll.
+		Recheck: func(ctx context.Context) { n.destinations(ctx, ep) }})
 	if err != nil {
 		ln.Close()
 		return err
@@ -143,13 +147,18 @@ func (n *NodeEndpoint) refresh(ctx context.Context, ep *Endpoint) bool {
 		ep.SetAuthorizedKeys(k)
 		loaded = true
 	}
+	n.destinations(ctx, ep)
+	return loaded
+}
+
+// destinations re-reads the own Node and sets the allowed destinations.
+func (n *NodeEndpoint) destinations(ctx context.Context, ep *Endpoint) {
 	node, err := n.cfg.Client.CoreV1().Nodes().Get(ctx, n.cfg.NodeName, metav1.GetOptions{})
 	if err != nil {
-		log.Info("ssh endpoint: reading node", "err", err)
-		return loaded
+		n.cfg.Logger.Info("ssh endpoint: reading node", "err", err)
+		return
 	}
 	ep.SetDestinations(NodeDestinations(node, n.cfg.KubeletPort))
-	return loaded
 }
 
 // NodeDestinations allows the kubelet port on the node's IPs and its pod CIDRs.
