@@ -14,6 +14,7 @@ import (
 	"github.com/tether-dev/tether/internal/egress"
 	"github.com/tether-dev/tether/internal/hub"
 	konnectivityclient "github.com/tether-dev/tether/internal/konnectivity/client"
+	"github.com/tether-dev/tether/internal/storage"
 )
 
 // hubFlags are the flags shared by `tether server` and `tether up`.
@@ -34,6 +35,8 @@ type hubFlags struct {
 	konnectivityUDS                                     string
 	konnectivityPort                                    int
 	ssh                                                 hub.SSHConfig
+	tlsSANs                                             []string
+	leaderElection                                      hub.LeaderElectionConfig
 }
 
 func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
@@ -69,6 +72,10 @@ func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
 	fs.BoolVar(&f.insecureKubeletTLS, "insecure-kubelet-tls", false, "INSECURE: do not verify kubelet serving certificates (Kubernetes' old default)")
 	fs.StringSliceVar(&f.kubeletAddressTypes, "kubelet-preferred-address-types", []string{"InternalIP", "ExternalIP"}, "node address types to reach kubelets by, in order")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "debug logging")
+	fs.StringSliceVar(&f.tlsSANs, "tls-san", nil, "more DNS names / IPs for the generated serving certificate (e.g. a load balancer in front of several replicas)")
+	fs.DurationVar(&f.leaderElection.LeaseDuration, "leader-elect-lease-duration", 10*time.Second, "controllers' leader election: how long a lease is valid")
+	fs.DurationVar(&f.leaderElection.RenewDeadline, "leader-elect-renew-deadline", 7*time.Second, "controllers' leader election: the leader gives up if it cannot renew within this")
+	fs.DurationVar(&f.leaderElection.RetryPeriod, "leader-elect-retry-period", 2*time.Second, "controllers' leader election: interval between attempts")
 }
 
 func (f *hubFlags) config() (hub.Config, error) {
@@ -81,7 +88,7 @@ func (f *hubFlags) config() (hub.Config, error) {
 		Egress: egress.Config{Mode: f.egress, SelectorConfigFile: f.egressConfig,
 			Konnectivity: konnectivityclient.Config{UDSName: f.konnectivityUDS}},
 		KubeletCertificateAuthority: f.kubeletCA, InsecureKubeletTLS: f.insecureKubeletTLS,
-		SSH: f.ssh,
+		SSH: f.ssh, ExtraSANs: f.tlsSANs, LeaderElection: f.leaderElection,
 		// --egress=konnectivity without an external server: run it in the hub.
 		Konnectivity: hub.KonnectivityConfig{Enabled: f.egress == "konnectivity" && f.konnectivityUDS == "" && f.egressConfig == "", AgentPort: f.konnectivityPort},
 	}
@@ -100,6 +107,9 @@ func (f *hubFlags) config() (hub.Config, error) {
 		if cfg.AdvertiseAddress = net.ParseIP(f.advertiseAddress); cfg.AdvertiseAddress == nil {
 			return cfg, fmt.Errorf("--advertise-address %q is not an IP address", f.advertiseAddress)
 		}
+	}
+	if err := storage.ParseURLs(f.etcdServers); err != nil {
+		return cfg, fmt.Errorf("--etcd-servers: %w", err)
 	}
 	_, cidr, err := net.ParseCIDR(f.serviceCIDR)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -82,6 +83,8 @@ func (b *Bootstrap) Reconcile(ctx context.Context) error {
 		return fmt.Errorf("no hub endpoints")
 	}
 	port := addrs[0].Port
+	// One port for every replica, as kube-apiserver requires.
+	addrs = slices.DeleteFunc(slices.Clone(addrs), func(a EndpointAddr) bool { return a.Port != port })
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "kubernetes", Namespace: metav1.NamespaceDefault,
 			Labels: map[string]string{"component": "apiserver", "provider": "kubernetes"}},

@@ -29,6 +29,7 @@ import (
 	"github.com/tether-dev/tether/internal/controllers"
 	"github.com/tether-dev/tether/internal/egress"
 	"github.com/tether-dev/tether/internal/konnectivity/server"
+	"github.com/tether-dev/tether/internal/leader"
 	"github.com/tether-dev/tether/internal/pki"
 	"github.com/tether-dev/tether/internal/storage"
 
@@ -79,6 +80,11 @@ type Config struct {
 	InsecureKubeletTLS bool
 	// KubeletPreferredAddressTypes orders node addresses for kubelet dials.
 	KubeletPreferredAddressTypes []corev1.NodeAddressType
+	// ExtraSANs are more DNS names / IPs for the generated serving
+	// certificate (a load balancer in front of several replicas).
+	ExtraSANs []string
+	// LeaderElection tunes the election of the controllers (see ha.go).
+	LeaderElection LeaderElectionConfig
 	// Listener overrides BindAddress:SecurePort (tests).
 	Listener net.Listener
 	Logger   *slog.Logger
@@ -93,7 +99,8 @@ type Hub struct {
 	readyOnce     sync.Once
 	server        string
 	etcdEndpoints []string
-	sshKey        string // hub SSH public key to publish (ssh egress)
+	sshKey        string      // hub SSH public key to publish (ssh egress)
+	fail          func(error) // stops Run with a fatal error
 }
 
 // New validates cfg.
@@ -116,6 +123,7 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.AdvertiseAddress == nil {
 		cfg.AdvertiseAddress = apiserver.DefaultAdvertiseAddress()
 	}
+	warnInsecureEtcd(cfg)
 	return &Hub{cfg: cfg, ready: make(chan struct{})}, nil
 }
 
@@ -155,6 +163,7 @@ func (h *Hub) Run(ctx context.Context) error {
 	if hn, err := os.Hostname(); err == nil && hn != "" {
 		hosts = append(hosts, hn)
 	}
+	hosts = append(hosts, h.cfg.ExtraSANs...)
 	cluster, err := pki.EnsureCluster(pki.Options{
 		Dir: filepath.Join(h.cfg.DataDir, "pki"), ServingHosts: hosts,
 		CACertFile: h.cfg.CACertFile, CAKeyFile: h.cfg.CAKeyFile,
@@ -243,6 +252,13 @@ func (h *Hub) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	h.fail = func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+		cancel()
+	}
 
 	if tunneler != nil {
 		wg.Add(1)
@@ -407,15 +423,20 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 		log.Error("controllers: metadata client", "err", err)
 		return
 	}
-	boot, err := controllers.NewBootstrap(controllers.BootstrapConfig{
-		Client: client, ServiceIP: serviceIP, Logger: log,
-		Endpoints: func() []controllers.EndpointAddr {
-			return []controllers.EndpointAddr{{IP: h.cfg.AdvertiseAddress, Port: int32(port)}}
-		},
-	})
+	// Every replica keeps its API server Lease and the `kubernetes`
+	// Endpoints; the other controllers run on the elected leader (ha.go).
+	repl, boot, err := h.newReplicated(client, kcm, port, log)
 	if err != nil {
 		log.Error("controllers", "err", err)
 		return
+	}
+	if err := checkSharedKeys(ctx, client, cluster); err != nil {
+		var mismatch *keyMismatchError
+		if errors.As(err, &mismatch) {
+			h.fail(fmt.Errorf("hub: %w", err))
+			return
+		}
+		log.Warn("shared keys check", "err", err)
 	}
 	ns, err := controllers.NewNamespace(controllers.NamespaceConfig{Client: kcm, Metadata: meta, Logger: log})
 	if err != nil {
@@ -478,15 +499,11 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 		return
 	}
 	h.readyOnce.Do(func() { close(h.ready) })
-	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{boot.Run, ns.Run, csr.Run, sas.Run, tokens.Run, sched.Run, lifecycle.Run, ipam.Run} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := run(ctx); err != nil {
-				log.Error("controller stopped", "err", err)
-			}
-		}()
-	}
-	wg.Wait()
+	// Controllers that must run on exactly one replica at a time: add new
+	// ones here.
+	repl.run(ctx, boot, []leader.Controller{
+		{Name: "namespace", Run: ns.Run}, {Name: "csr", Run: csr.Run}, {Name: "serviceaccounts", Run: sas.Run},
+		{Name: "bootstrap-tokens", Run: tokens.Run}, {Name: "scheduler", Run: sched.Run}, {Name: "node-lifecycle", Run: lifecycle.Run},
+		{Name: "node-ipam", Run: ipam.Run},
+	}, log)
 }

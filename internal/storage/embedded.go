@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -31,6 +32,14 @@ type Config struct {
 	// StartTimeout bounds how long Run waits for the member to become ready;
 	// zero value 60s.
 	StartTimeout time.Duration
+	// InitialCluster lists every member of a new cluster
+	// ("name=peerURL,…"); zero value: this member alone. ClusterToken
+	// (zero "tether") keeps separate clusters apart.
+	InitialCluster, ClusterToken string
+	// CertFile, KeyFile and TrustedCAFile, when set, serve both the client
+	// and the peer URLs over TLS and require client certificates signed by
+	// TrustedCAFile on both (use https:// URLs).
+	CertFile, KeyFile, TrustedCAFile string
 	// LogFile receives etcd's own log (errors only); zero value stderr.
 	LogFile string
 	// Logger receives start/stop messages; zero value slog.Default().
@@ -65,9 +74,16 @@ func New(cfg Config) (*Embedded, error) {
 		cfg.Logger = slog.Default()
 	}
 	for _, u := range []string{cfg.ClientURL, cfg.PeerURL} {
-		if _, err := url.Parse(u); err != nil {
+		pu, err := url.Parse(u)
+		if err != nil {
 			return nil, fmt.Errorf("storage: %w", err)
 		}
+		if (pu.Scheme == "https") != (cfg.CertFile != "") {
+			return nil, fmt.Errorf("storage: %s: https URLs go with CertFile/KeyFile/TrustedCAFile, http URLs without", u)
+		}
+	}
+	if (cfg.CertFile == "") != (cfg.KeyFile == "") || (cfg.CertFile == "") != (cfg.TrustedCAFile == "") {
+		return nil, errors.New("storage: CertFile, KeyFile and TrustedCAFile go together")
 	}
 	return &Embedded{cfg: cfg, ready: make(chan struct{})}, nil
 }
@@ -95,6 +111,17 @@ func (e *Embedded) Run(ctx context.Context) error {
 	ec.ListenPeerUrls = []url.URL{*pu}
 	ec.AdvertisePeerUrls = []url.URL{*pu}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	if e.cfg.InitialCluster != "" {
+		ec.InitialCluster = e.cfg.InitialCluster
+	}
+	ec.InitialClusterToken = "tether"
+	if e.cfg.ClusterToken != "" {
+		ec.InitialClusterToken = e.cfg.ClusterToken
+	}
+	if e.cfg.CertFile != "" {
+		tls := transport.TLSInfo{CertFile: e.cfg.CertFile, KeyFile: e.cfg.KeyFile, TrustedCAFile: e.cfg.TrustedCAFile, ClientCertAuth: true}
+		ec.ClientTLSInfo, ec.PeerTLSInfo = tls, tls
+	}
 	ec.LogLevel = "error"
 	ec.LogOutputs = []string{"stderr"}
 	if e.cfg.LogFile != "" {
@@ -121,7 +148,7 @@ func (e *Embedded) Run(ctx context.Context) error {
 		return fmt.Errorf("storage: embedded etcd: %w", err)
 	}
 	for _, l := range etcd.Clients {
-		e.endpoints = append(e.endpoints, "http://"+l.Addr().String())
+		e.endpoints = append(e.endpoints, cu.Scheme+"://"+l.Addr().String())
 	}
 	e.cfg.Logger.Info("embedded etcd ready", "endpoints", e.endpoints, "dir", ec.Dir)
 	close(e.ready)
