@@ -52,7 +52,7 @@ func newAgentCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&cfg.Server, "server", "", "hub URL, https://HOST:PORT (default: the server of --kubeconfig)")
+	fs.StringSliceVar(&cfg.Servers, "server", nil, "hub URL, https://HOST:PORT (default: the server of --kubeconfig); repeat it or give a comma list for several hub replicas: the agent fails over between them")
 	fs.StringVar(&cfg.NodeName, "node-name", "", "name of this node (default: hostname)")
 	fs.StringVar(&cfg.DataDir, "data-dir", filepath.Join(defaultStateDir(), "agent"), "directory for node credentials, kubeconfig and pod state")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "provisioned client credentials (CN=system:node:<name>, O=system:nodes)")

@@ -43,6 +43,10 @@ type Config struct {
 	// Server is the hub URL (https://host:port). Zero: the server of
 	// Kubeconfig or BootstrapKubeconfig.
 	Server string
+	// Servers are more hub URLs (replicas of one cluster). The agent
+	// dials Server first and fails over to these, in order, when a
+	// connection cannot be made (failover.go).
+	Servers []string
 	// NodeName; zero: the machine's hostname.
 	NodeName string
 	// DataDir keeps credentials (pki/), the node kubeconfig and pod state.
@@ -136,11 +140,18 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("nodeagent: %w", err)
 		}
 	}
+	servers := cfg.Servers
 	if cfg.Server != "" {
-		u, err := url.Parse(cfg.Server)
+		servers = append([]string{cfg.Server}, servers...)
+	}
+	for _, s := range servers {
+		u, err := url.Parse(s)
 		if err != nil || u.Scheme != "https" || u.Host == "" {
-			return nil, fmt.Errorf("nodeagent: --server %q must be an https:// URL", cfg.Server)
+			return nil, fmt.Errorf("nodeagent: --server %q must be an https:// URL", s)
 		}
+	}
+	if cfg.Server == "" && len(cfg.Servers) > 0 {
+		cfg.Server, cfg.Servers = cfg.Servers[0], cfg.Servers[1:]
 	}
 	if cfg.KubeletPort == 0 {
 		cfg.KubeletPort = 10250
@@ -427,7 +438,12 @@ func (a *Agent) join(ctx context.Context, store certificate.Store) (*rest.Config
 			caPEM = data // already discovered at an earlier join
 			break
 		}
-		if caPEM, err = discoverCA(ctx, server, a.cfg.CACertFile, a.cfg.CACertHash); err != nil {
+		for _, s := range append([]string{server}, a.cfg.Servers...) {
+			if caPEM, err = discoverCA(ctx, s, a.cfg.CACertFile, a.cfg.CACertHash); err == nil {
+				break
+			}
+		}
+		if err != nil {
 			return nil, err
 		}
 	case provisioned != nil:
@@ -448,6 +464,9 @@ func (a *Agent) join(ctx context.Context, store certificate.Store) (*rest.Config
 	}
 	a.caPEM, a.server = caPEM, server
 	base := &rest.Config{Host: server, TLSClientConfig: rest.TLSClientConfig{CAData: caPEM}}
+	if err := a.failover(base, server); err != nil {
+		return nil, err
+	}
 
 	if !validStoredCert(store, time.Now()) {
 		switch {
@@ -465,6 +484,7 @@ func (a *Agent) join(ctx context.Context, store certificate.Store) (*rest.Config
 			if boot != nil {
 				bootCfg = rest.CopyConfig(boot)
 				bootCfg.Host = server
+				bootCfg.Dial, bootCfg.TLSClientConfig.ServerName = base.Dial, base.TLSClientConfig.ServerName
 			} else {
 				bootCfg.BearerToken = a.cfg.Token
 			}

@@ -250,13 +250,17 @@ func certClientConfig(base *rest.Config, current func() *tls.Certificate) (*rest
 		}
 		return &tls.Certificate{}, nil
 	}
+	dial := (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	if cfg.Dial != nil { // failover across hub replicas (failover.go)
+		dial, cfg.Dial = cfg.Dial, nil
+	}
 	cfg.Transport = utilnet.SetTransportDefaults(&http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		TLSClientConfig:     tlsConfig,
 		TLSHandshakeTimeout: 10 * time.Second,
 		IdleConnTimeout:     90 * time.Second,
 		MaxIdleConnsPerHost: 25,
-		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         dial,
 	})
 	cfg.TLSClientConfig = rest.TLSClientConfig{}
 	return cfg, nil

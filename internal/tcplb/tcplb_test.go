@@ -1,0 +1,97 @@
+package tcplb
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"testing"
+)
+
+// echo serves one line back, prefixed with its name.
+func echo(t *testing.T, name string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				c.Write([]byte(name + ":" + line))
+			}()
+		}
+	}()
+	return ln
+}
+
+func ask(t *testing.T, addr string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hi\n"))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	return line
+}
+
+func TestRoundRobinAndFailover(t *testing.T) {
+	a, b := echo(t, "a"), echo(t, "b")
+	defer b.Close()
+	// A backend address with nothing listening.
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := New(Config{Listener: ln, Backends: []string{a.Addr().String(), deadAddr, b.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- lb.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	seen := map[string]int{}
+	for range 6 {
+		seen[ask(t, lb.Addr().String())]++
+	}
+	if seen["a:hi\n"] == 0 || seen["b:hi\n"] == 0 || len(seen) != 2 {
+		t.Fatalf("answers %v: want both live backends and nothing else", seen)
+	}
+	// Kill a: every connection now lands on b.
+	a.Close()
+	for range 4 {
+		if got := ask(t, lb.Addr().String()); got != "b:hi\n" {
+			t.Fatalf("after a died got %q", got)
+		}
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	if _, err := New(Config{}); err == nil {
+		t.Fatal("empty config accepted")
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	if _, err := New(Config{Listener: ln, Backends: []string{"no-port"}}); err == nil {
+		t.Fatal("backend without port accepted")
+	}
+}
