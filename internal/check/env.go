@@ -48,12 +48,7 @@ type env struct {
 // gather reads what several checks need; failures are kept for the
 // checks to report.
 func (c *Checker) gather(ctx context.Context) *env {
-	e := &env{}
-	e.serverURL, _ = url.Parse(c.cfg.REST.Host)
-	e.host = e.serverURL.Host
-	if e.serverURL.Port() == "" {
-		e.host = net.JoinHostPort(e.serverURL.Hostname(), "443")
-	}
+	e := c.gatherURL()
 	e.caPool, e.caCerts, e.caErr = caFromConfig(c.cfg.REST)
 
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
@@ -77,6 +72,18 @@ func (c *Checker) gather(ctx context.Context) *env {
 		if e.discovery == nil {
 			e.discovery = map[string]string{}
 		}
+	}
+	return e
+}
+
+// gatherURL fills the hub address from the configured URL (valid: New
+// checked it).
+func (c *Checker) gatherURL() *env {
+	e := &env{}
+	e.serverURL, _ = url.Parse(c.cfg.REST.Host)
+	e.host = e.serverURL.Host
+	if e.serverURL.Port() == "" {
+		e.host = net.JoinHostPort(e.serverURL.Hostname(), "443")
 	}
 	return e
 }
