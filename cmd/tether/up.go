@@ -28,6 +28,7 @@ func newUpCmd() *cobra.Command {
 	var f hubFlags
 	var nodes int
 	var iso *isolateFlags
+	var ha *haFlags
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start a whole local cluster (hub + nodes) with embedded etcd; Ctrl-C stops it",
@@ -43,12 +44,16 @@ func newUpCmd() *cobra.Command {
 			if handled, err := iso.run(cmd, cfg, nodes, f.verbose); handled {
 				return err
 			}
+			if ha.enabled() {
+				return ha.run(cmd.Context(), cmd.OutOrStdout(), cfg, nodes, f.verbose)
+			}
 			return runUp(cmd.Context(), cmd.OutOrStdout(), cfg, nodes, f.verbose)
 		},
 	}
 	f.add(cmd.Flags(), defaultStateDir())
 	cmd.Flags().IntVar(&nodes, "nodes", 0, "number of node agents to start")
 	iso = addIsolateFlags(cmd.Flags())
+	ha = addHAFlags(cmd.Flags())
 	// A local cluster listens on loopback unless told otherwise, and its
 	// service VIPs are loopback addresses too, so the node agents' service
 	// proxy can serve them without root and nothing can leave the machine.
@@ -100,7 +105,7 @@ func runUp(ctx context.Context, out io.Writer, cfg hub.Config, nodes int, verbos
 		return err
 	}
 	fmt.Fprintf(out, "• hub ready at %s in %s\n", h.Server(), time.Since(start).Round(time.Millisecond))
-	agents, err := startNodes(ctx, out, cfg, h, token, nodes, done)
+	agents, err := startNodes(ctx, out, cfg, []string{h.Server()}, token, nodes, done)
 	if err != nil {
 		cancel()
 		<-done
@@ -143,7 +148,7 @@ func upToken(dir string) (string, error) {
 // startNodes runs n node agents in this process, each joined by bootstrap
 // token with its own data dir and kubelet port, and waits until they are
 // running. The returned channels close when each agent has stopped.
-func startNodes(ctx context.Context, out io.Writer, cfg hub.Config, h *hub.Hub, token string, n int, hubDone <-chan error) ([]chan struct{}, error) {
+func startNodes(ctx context.Context, out io.Writer, cfg hub.Config, servers []string, token string, n int, hubDone <-chan error) ([]chan struct{}, error) {
 	var stopped []chan struct{}
 	caFile := filepath.Join(cfg.DataDir, "pki", "ca.crt")
 	for i := 1; i <= n; i++ {
@@ -160,7 +165,7 @@ func startNodes(ctx context.Context, out io.Writer, cfg hub.Config, h *hub.Hub, 
 		}
 		a, err := nodeagent.New(nodeagent.Config{
 			SSHEndpoint: sshEndpoint,
-			Server:      h.Server(), NodeName: name, DataDir: filepath.Join(cfg.DataDir, "nodes", name),
+			Server:      servers[0], Servers: servers[1:], NodeName: name, DataDir: filepath.Join(cfg.DataDir, "nodes", name),
 			Token: token, CACertFile: caFile, NodeIP: cfg.AdvertiseAddress, KubeletListener: ln,
 			StopPodsOnExit: true, Konnectivity: "auto",
 			Logger: cfg.Logger.With("node", name),
