@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -105,17 +106,17 @@ func (c *Checker) checkAnonymous(ctx context.Context, e *env) {
 
 // statusMessage extracts "message" from a Status body, else the raw start.
 func statusMessage(body []byte) string {
-	s := string(body)
-	if i := strings.Index(s, `"message":"`); i >= 0 {
-		rest := s[i+len(`"message":"`):]
-		if j := strings.Index(rest, `"`); j >= 0 {
-			return rest[:j]
-		}
+	var st struct {
+		Message string `json:"message"`
 	}
+	if json.Unmarshal(body, &st) == nil && st.Message != "" {
+		return st.Message
+	}
+	s := strings.TrimSpace(string(body))
 	if len(s) > 200 {
 		s = s[:200]
 	}
-	return strings.TrimSpace(s)
+	return s
 }
 
 var tlsVersionNames = map[uint16]string{tls.VersionTLS10: "TLS 1.0", tls.VersionTLS11: "TLS 1.1", tls.VersionTLS12: "TLS 1.2", tls.VersionTLS13: "TLS 1.3"}

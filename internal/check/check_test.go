@@ -348,3 +348,15 @@ func FuzzParseCertsPEM(f *testing.F) {
 		}
 	})
 }
+
+func TestStatusMessage(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"kind":"Status","message":"namespaces is forbidden: User \"system:anonymous\" cannot list"}`: `namespaces is forbidden: User "system:anonymous" cannot list`,
+		"Unauthorized\n": "Unauthorized",
+		"":               "",
+	} {
+		if got := statusMessage([]byte(in)); got != want {
+			t.Errorf("statusMessage(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

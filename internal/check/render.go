@@ -10,8 +10,13 @@ import (
 
 // Summary counts findings by state.
 type Summary struct {
-	Pass, Info, Warn, Fail, Unknown, High int
-	ExitCode                              int
+	Pass     int `json:"pass"`
+	Info     int `json:"info"`
+	Warn     int `json:"warn"`
+	Fail     int `json:"fail"`
+	Unknown  int `json:"unknown"`
+	High     int `json:"highRisk"`
+	ExitCode int `json:"exitCode"`
 }
 
 // Summarize counts r's findings.
