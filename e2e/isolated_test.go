@@ -241,8 +241,12 @@ func TestIsolated(t *testing.T) {
 	}
 
 	t.Run("konnectivity", func(t *testing.T) {
-		c := startIsolated(t, "konnectivity", "100.81.0.0/16")
+		// Node certificates live 40s: the agents rotate them (client and
+		// serving) while the paths below run, and the last subtest checks
+		// the paths still work once the first certificates have expired.
+		c := startIsolated(t, "konnectivity", "100.81.0.0/16", "--cluster-signing-duration=40s")
 		wantContains(t, "tether up output", c.output(), "node-1 reachable through konnectivity", "isolation verified", "network is unreachable")
+		first := isoNodeCerts(t, c, "node-1")
 		n1 := isoNodeIP(c.cidr, 1)
 		c.hubCannotDial(t, n1)
 		e := isoWorkload(t, c, newest)
@@ -252,6 +256,7 @@ func TestIsolated(t *testing.T) {
 			k := newKubectl(t, p, e.c.Hub)
 			t.Run("hub-to-node-"+k.version, func(t *testing.T) { nodePathsMatrix(t, k, e) })
 		}
+		t.Run("cert-rotation", func(t *testing.T) { isoRotation(t, c, e, newest, first) })
 	})
 
 	t.Run("ssh", func(t *testing.T) {
@@ -642,4 +647,78 @@ func isoSSHPaths(t *testing.T, k *kubectl, e *nodePaths) {
 		out := k.fails(t, "get", "--raw", "/api/v1/namespaces/"+ns+"/pods/web:"+strconv.Itoa(e.httpPort)+"/proxy/")
 		wantContains(t, "pod proxy to a node-address pod through the restricted SSH endpoint", out, "not allowed")
 	})
+}
+
+// isoNodeCerts returns the node's current client and serving certificates.
+func isoNodeCerts(t *testing.T, c *isoCluster, node string) [2]*x509.Certificate {
+	t.Helper()
+	var out [2]*x509.Certificate
+	for i, f := range []string{"kubelet-client-current.pem", "kubelet-server-current.pem"} {
+		b, err := os.ReadFile(filepath.Join(c.dir, "nodes", node, "pki", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
+			if blk.Type == "CERTIFICATE" {
+				if out[i], err = x509.ParseCertificate(blk.Bytes); err != nil {
+					t.Fatal(err)
+				}
+				break
+			}
+		}
+		if out[i] == nil {
+			t.Fatalf("%s: no certificate", f)
+		}
+	}
+	return out
+}
+
+// isoRotation: both node certificates were replaced before they expired,
+// and after the first ones expired the node is still Ready and the hub
+// still reaches its kubelet (verifying the new serving certificate)
+// through Konnectivity.
+func isoRotation(t *testing.T, c *isoCluster, e *nodePaths, kubectlPath string, first [2]*x509.Certificate) {
+	ctx := testContext(t, 2*time.Minute)
+	expiry := first[0].NotAfter
+	if first[1].NotAfter.After(expiry) {
+		expiry = first[1].NotAfter
+	}
+	if d := first[0].NotAfter.Sub(first[0].NotBefore); d > time.Minute {
+		t.Fatalf("client certificate lives %s; --cluster-signing-duration=40s not applied", d)
+	}
+	deadline := expiry.Add(30 * time.Second)
+	for {
+		now := isoNodeCerts(t, c, "node-1")
+		rotated := now[0].SerialNumber.Cmp(first[0].SerialNumber) != 0 && now[1].SerialNumber.Cmp(first[1].SerialNumber) != 0
+		if rotated && time.Now().After(expiry.Add(time.Second)) {
+			t.Logf("client cert %s → %s, serving cert %s → %s; first ones expired at %s",
+				first[0].SerialNumber, now[0].SerialNumber, first[1].SerialNumber, now[1].SerialNumber, expiry.Format(time.RFC3339))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node-1 certificates not rotated by %s (client %v, serving %v)", deadline.Format(time.RFC3339),
+				now[0].SerialNumber.Cmp(first[0].SerialNumber) != 0, now[1].SerialNumber.Cmp(first[1].SerialNumber) != 0)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// A heartbeat after the old client certificate expired.
+	since := time.Now()
+	deadline = time.Now().Add(45 * time.Second)
+	for {
+		l, err := c.cs.CoordinationV1().Leases("kube-node-lease").Get(ctx, "node-1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Spec.RenewTime != nil && l.Spec.RenewTime.After(since.Add(-time.Second)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node-1 lease not renewed with the rotated client certificate")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	k := newKubectl(t, kubectlPath, e.c.Hub)
+	wantContains(t, "logs after rotation", k.ok(t, "logs", "-n", e.ns, "feed", "--tail=50"), "feed-ready")
+	wantEqual(t, "exec after rotation", k.ok(t, "exec", "-n", e.ns, "feed", "--", "echo", "rotated"), "rotated")
+	wantEqual(t, "node proxy after rotation", k.ok(t, "get", "--raw", "/api/v1/nodes/node-1/proxy/healthz"), "ok")
 }
