@@ -73,8 +73,8 @@ func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
 	fs.StringSliceVar(&f.kubeletAddressTypes, "kubelet-preferred-address-types", []string{"InternalIP", "ExternalIP"}, "node address types to reach kubelets by, in order")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "debug logging")
 	fs.StringSliceVar(&f.tlsSANs, "tls-san", nil, "more DNS names / IPs for the generated serving certificate (e.g. a load balancer in front of several replicas)")
-	fs.DurationVar(&f.leaderElection.LeaseDuration, "leader-elect-lease-duration", 10*time.Second, "controllers' leader election: how long a lease is valid")
-	fs.DurationVar(&f.leaderElection.RenewDeadline, "leader-elect-renew-deadline", 7*time.Second, "controllers' leader election: the leader gives up if it cannot renew within this")
+	fs.DurationVar(&f.leaderElection.LeaseDuration, "leader-elect-lease-duration", 8*time.Second, "controllers' leader election: how long a lease is valid")
+	fs.DurationVar(&f.leaderElection.RenewDeadline, "leader-elect-renew-deadline", 6*time.Second, "controllers' leader election: the leader gives up if it cannot renew within this")
 	fs.DurationVar(&f.leaderElection.RetryPeriod, "leader-elect-retry-period", 2*time.Second, "controllers' leader election: interval between attempts")
 }
 

@@ -25,7 +25,7 @@ import (
 )
 
 // LeaderElectionConfig tunes the controllers' leader election (see
-// leader.Config for the zero values: 10s / 7s / 2s).
+// leader.Config for the zero values: 8s / 6s / 2s).
 type LeaderElectionConfig struct {
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 }

@@ -36,9 +36,10 @@ type Config struct {
 	// Namespace and Name of the Lease; zero values kube-system and
 	// tether-controller-manager.
 	Namespace, Name string
-	// LeaseDuration (zero 10s), RenewDeadline (zero 7s) and RetryPeriod
-	// (zero 2s). A dead leader is replaced at most LeaseDuration +
-	// 2*RetryPeriod after its last renewal: 14s with the zero values.
+	// LeaseDuration (zero 8s), RenewDeadline (zero 6s) and RetryPeriod
+	// (zero 2s); shorter than kube-controller-manager's 15s/10s/2s so a
+	// dead leader is replaced within 15s: at most LeaseDuration +
+	// 2*RetryPeriod after its last renewal (12s with the zero values).
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// OnLeading, if set, is called with true when this replica starts
 	// leading and false when it stops (tests, metrics).
@@ -68,10 +69,10 @@ func New(cfg Config) (*Elector, error) {
 		cfg.Name = "tether-controller-manager"
 	}
 	if cfg.LeaseDuration == 0 {
-		cfg.LeaseDuration = 10 * time.Second
+		cfg.LeaseDuration = 8 * time.Second
 	}
 	if cfg.RenewDeadline == 0 {
-		cfg.RenewDeadline = 7 * time.Second
+		cfg.RenewDeadline = 6 * time.Second
 	}
 	if cfg.RetryPeriod == 0 {
 		cfg.RetryPeriod = 2 * time.Second
