@@ -31,7 +31,7 @@ type sshWorkload struct {
 
 // startSSHWorkload creates the workload on node (address nodeIP; both pod
 // server ports must be free there and on 127.0.0.1) and waits until it runs.
-func startSSHWorkload(t *testing.T, cs kubernetes.Interface, node, nodeIP string, httpPort, httpsPort int) *sshWorkload {
+func startSSHWorkload(t testing.TB, cs kubernetes.Interface, node, nodeIP string, httpPort, httpsPort int) *sshWorkload {
 	t.Helper()
 	w := &sshWorkload{ns: "ssh-" + strconv.FormatInt(runSeq.Add(1), 10), node: node,
 		feedFile: filepath.Join(t.TempDir(), "feed.txt"), httpPort: httpPort, httpsPort: httpsPort}
@@ -120,7 +120,7 @@ func startSSHWorkload(t *testing.T, cs kubernetes.Interface, node, nodeIP string
 	return w
 }
 
-func (w *sshWorkload) appendFeed(t *testing.T, line string) {
+func (w *sshWorkload) appendFeed(t testing.TB, line string) {
 	f, err := os.OpenFile(w.feedFile, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Error(err)

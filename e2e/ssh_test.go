@@ -28,53 +28,7 @@ import (
 // host key does not match what its endpoint presents is refused and kubectl
 // says why.
 func TestSSHEgress(t *testing.T) {
-	dir := t.TempDir()
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "process.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(tetherBin, "up", "--nodes", "2", "--egress=ssh", "--data-dir", dir,
-		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(port), "--service-cluster-ip-range", testServiceCIDR)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "HOME="+dir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	// Ready when up.ready exists (written after the nodes joined).
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "up.ready")); err == nil {
-			break
-		} else if !errors.Is(err, os.ErrNotExist) {
-			t.Fatal(err)
-		}
-		select {
-		case <-exited:
-			out, _ := os.ReadFile(filepath.Join(dir, "process.log"))
-			t.Fatalf("tether up exited:\n%s", out)
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("tether up not ready")
-		}
-	}
+	dir, _ := startUp(t, "--nodes", "2", "--egress=ssh")
 	paths := installedKubectls(t)
 	k := newKubectl(t, paths[len(paths)-1], &hub{Kubeconfig: filepath.Join(dir, "admin.kubeconfig")})
 
@@ -219,4 +173,58 @@ func probeEndpoint(t *testing.T, n *corev1.Node, hubKeyFile string) {
 		t.Fatalf("direct-tcpip to the kubelet %s: %v", kubelet, err)
 	}
 	conn.Close()
+}
+
+// startUp runs `tether up` with args on a fresh directory (loopback, free
+// port), waits for up.ready and stops it when tb ends; it returns the data
+// directory and the process id.
+func startUp(tb testing.TB, args ...string) (string, int) {
+	tb.Helper()
+	dir := tb.TempDir()
+	port, err := freePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "process.log"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { logf.Close() })
+	cmd := exec.Command(tetherBin, append([]string{"up", "--data-dir", dir, "--bind-address", "127.0.0.1",
+		"--secure-port", strconv.Itoa(port), "--service-cluster-ip-range", testServiceCIDR}, args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	tb.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	// Ready when up.ready exists (written after the nodes joined).
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "up.ready")); err == nil {
+			return dir, cmd.Process.Pid
+		} else if !errors.Is(err, os.ErrNotExist) {
+			tb.Fatal(err)
+		}
+		select {
+		case <-exited:
+			out, _ := os.ReadFile(filepath.Join(dir, "process.log"))
+			tb.Fatalf("tether up exited:\n%s", out)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			tb.Fatal("tether up not ready")
+		}
+	}
 }

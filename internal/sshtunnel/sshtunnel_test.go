@@ -466,7 +466,7 @@ type sshd struct {
 	hostLn  string // known_hosts line
 }
 
-func startOpenSSH(t *testing.T, hub ssh.PublicKey, permitOpen string) *sshd {
+func startOpenSSH(t testing.TB, hub ssh.PublicKey, permitOpen string) *sshd {
 	t.Helper()
 	const bin = "/usr/sbin/sshd"
 	if _, err := os.Stat(bin); err != nil {
@@ -567,7 +567,7 @@ ClientAliveInterval 15
 		hostLn: fmt.Sprintf("[127.0.0.1]:%d %s\n", port, AuthorizedKey(hostPub))}
 }
 
-func currentUser(t *testing.T) string {
+func currentUser(t testing.TB) string {
 	u, err := user.Current()
 	if err != nil {
 		t.Fatal(err)
