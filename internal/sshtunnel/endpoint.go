@@ -257,7 +257,7 @@ func (e *Endpoint) serve(ctx context.Context, raw net.Conn) {
 	conf.AddHostKey(e.cfg.HostKey)
 	timer := time.AfterFunc(e.cfg.HandshakeTimeout, func() { raw.Close() })
 	conn := &idleConn{Conn: raw, idle: e.cfg.IdleTimeout}
-	sc, chans, reqs, err := ssh.NewServerConn(newBufConn(conn), conf)
+	sc, chans, reqs, err := ssh.NewServerConn(conn, conf)
 	timedOut := !timer.Stop()
 	<-e.handshakes
 	if err == nil && timedOut {
@@ -372,10 +372,7 @@ func (e *Endpoint) forward(ctx context.Context, nc ssh.NewChannel, p directTCPIP
 		done <- struct{}{}
 	}()
 	go func() {
-		// Large reads from the destination: ch.Write cuts them into
-		// packets, so fewer read system calls per packet.
-		buf := make([]byte, readBufferSize)
-		_, _ = io.CopyBuffer(ch, onlyReader{dst}, buf)
+		_, _ = io.Copy(ch, dst)
 		_ = ch.CloseWrite()
 		done <- struct{}{}
 	}()

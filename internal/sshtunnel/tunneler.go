@@ -480,7 +480,7 @@ func (t *Tunneler) connect(ctx context.Context, node *corev1.Node) (*ssh.Client,
 	}
 	// AES-GCM first: hardware-accelerated on the machines we run on.
 	conf.Ciphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr"}
-	sc, chans, reqs, err := ssh.NewClientConn(newBufConn(conn), addr, conf)
+	sc, chans, reqs, err := ssh.NewClientConn(conn, addr, conf)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("sshtunnel: node %q: ssh handshake with %s: %w", node.Name, addr, err)
