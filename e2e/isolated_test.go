@@ -44,6 +44,8 @@ type isoCluster struct {
 	netns      []string
 	prefix     string
 	routeAdded bool // the root-namespace unreachable route was not there before
+	isolated   bool
+	readyAfter time.Duration // from start to up.ready
 
 	cmd    *exec.Cmd
 	exited chan struct{}
@@ -67,15 +69,22 @@ func routeExists(t testing.TB, cidr string) bool {
 
 // startIsolated runs the cluster until t (a subtest) ends; the stop is
 // checked: SIGTERM, a clean exit, and the data dir removed.
-func startIsolated(t *testing.T, mode, cidr string, extra ...string) *isoCluster {
+func startIsolated(t testing.TB, mode, cidr string, extra ...string) *isoCluster {
 	t.Helper()
-	if os.Geteuid() != 0 {
+	return startUpCluster(t, true, 2, mode, cidr, extra...)
+}
+
+// startUpCluster runs `tether up --nodes n --egress=mode`, isolated (in
+// cidr) or on loopback, until t ends.
+func startUpCluster(t testing.TB, isolate bool, n int, mode, cidr string, extra ...string) *isoCluster {
+	t.Helper()
+	if isolate && os.Geteuid() != 0 {
 		t.Fatal("the isolated-topology e2e tests need root (network namespaces, veths, nftables); CI runs them as root")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatal("the isolated-topology e2e tests need ip(8): apt-get install iproute2")
 	}
-	c := &isoCluster{mode: mode, cidr: cidr}
+	c := &isoCluster{mode: mode, cidr: cidr, isolated: isolate}
 	var err error
 	if c.dir, err = os.MkdirTemp("", "tether-e2e-iso-"); err != nil {
 		t.Fatal(err)
@@ -84,17 +93,21 @@ func startIsolated(t *testing.T, mode, cidr string, extra ...string) *isoCluster
 	if c.port, err = freePort(); err != nil {
 		t.Fatal(err)
 	}
-	c.routeAdded = !routeExists(t, cidr)
+	c.routeAdded = isolate && !routeExists(t, cidr)
 	logf, err := os.Create(filepath.Join(c.dir, "up.out"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"up", "--nodes", "2", "--isolate-nodes", "--egress=" + mode, "--isolate-cidr", cidr,
-		"--data-dir", c.dir, "--secure-port", strconv.Itoa(c.port)}, extra...)
+	args := []string{"up", "--nodes", strconv.Itoa(n), "--egress=" + mode, "--data-dir", c.dir, "--secure-port", strconv.Itoa(c.port)}
+	if isolate {
+		args = append(args, "--isolate-nodes", "--isolate-cidr", cidr)
+	}
+	args = append(args, extra...)
 	c.cmd = exec.Command(tetherBin, args...)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	c.cmd.Env = append(os.Environ(), "HOME="+c.dir)
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	start := time.Now()
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -115,6 +128,18 @@ func startIsolated(t *testing.T, mode, cidr string, extra ...string) *isoCluster
 			t.Fatalf("tether up not ready within %s:\n%s", readyTimeout, c.output())
 		}
 	}
+	c.readyAfter = time.Since(start)
+	cfg, err := clientcmd.BuildConfigFromFlags("", c.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Timeout = 30 * time.Second
+	if c.cs, err = kubernetes.NewForConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !isolate {
+		return c
+	}
 	b, err := os.ReadFile(filepath.Join(c.dir, "isolation.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -128,14 +153,6 @@ func startIsolated(t *testing.T, mode, cidr string, extra ...string) *isoCluster
 	}
 	c.prefix, c.netns = st.Prefix, st.NetNS
 	c.hubNS = "tether-" + c.prefix + "-hub"
-	cfg, err := clientcmd.BuildConfigFromFlags("", c.kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Timeout = 30 * time.Second
-	if c.cs, err = kubernetes.NewForConfig(cfg); err != nil {
-		t.Fatal(err)
-	}
 	t.Logf("tether up --egress=%s:\n%s", mode, c.output())
 	return c
 }
@@ -147,7 +164,7 @@ func (c *isoCluster) output() string {
 
 // stop ends tether up with SIGTERM (as Ctrl-C would) and checks it leaves
 // nothing behind: no process, namespace, veth, route or data dir.
-func (c *isoCluster) stop(t *testing.T) {
+func (c *isoCluster) stop(t testing.TB) {
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-c.exited:
@@ -160,7 +177,7 @@ func (c *isoCluster) stop(t *testing.T) {
 	if c.cmd.ProcessState != nil && !c.cmd.ProcessState.Success() {
 		t.Errorf("tether up exited with %v:\n%s", c.cmd.ProcessState, out)
 	}
-	if !strings.Contains(out, "network namespaces, veths, rules and routes removed") {
+	if c.isolated && !strings.Contains(out, "network namespaces, veths, rules and routes removed") {
 		t.Errorf("tether up did not report its cleanup:\n%s", out)
 	}
 	if err := os.RemoveAll(c.dir); err != nil {
@@ -170,9 +187,9 @@ func (c *isoCluster) stop(t *testing.T) {
 }
 
 // assertNoLeftovers: nothing of this cluster is left on the machine.
-func (c *isoCluster) assertNoLeftovers(t *testing.T) {
+func (c *isoCluster) assertNoLeftovers(t testing.TB) {
 	t.Helper()
-	if c.prefix == "" {
+	if c.isolated && c.prefix == "" {
 		t.Error("no isolation prefix recorded")
 		return
 	}
@@ -180,17 +197,17 @@ func (c *isoCluster) assertNoLeftovers(t *testing.T) {
 	if err != nil {
 		t.Errorf("ip netns list: %v %s", err, out)
 	}
-	if strings.Contains(string(out), "tether-"+c.prefix+"-") {
+	if c.isolated && strings.Contains(string(out), "tether-"+c.prefix+"-") {
 		t.Errorf("network namespaces left behind:\n%s", out)
 	}
 	links, err := exec.Command("ip", "-o", "link", "show").CombinedOutput()
 	if err != nil {
 		t.Errorf("ip link: %v", err)
 	}
-	if regexp.MustCompile(`(?m)^\d+: ` + regexp.QuoteMeta(c.prefix) + `[hn]`).Match(links) {
+	if c.isolated && regexp.MustCompile(`(?m)^\d+: `+regexp.QuoteMeta(c.prefix)+`[hn]`).Match(links) {
 		t.Errorf("veths left behind in the root namespace:\n%s", links)
 	}
-	if c.routeAdded && routeExists(t, c.cidr) {
+	if c.isolated && c.routeAdded && routeExists(t, c.cidr) {
 		t.Errorf("the unreachable route for %s was left behind", c.cidr)
 	}
 	// Processes: the hub and agents carry the data dir on their command

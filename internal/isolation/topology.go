@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -156,13 +157,11 @@ func (t *Topology) create(ctx context.Context) error {
 	if err := t.addUnreachable(ctx); err != nil {
 		return err
 	}
-	for _, ns := range t.state.NetNS {
+	addNS := func(ns string) error {
 		if err := ip(ctx, "netns", "add", ns); err != nil {
 			return err
 		}
-		if err := ip(ctx, "-n", ns, "link", "set", "lo", "up"); err != nil {
-			return err
-		}
+		return ip(ctx, "-n", ns, "link", "set", "lo", "up")
 	}
 	link := func(ns, name string, x int) error {
 		// Both ends are created inside their namespaces: no veth ever
@@ -182,23 +181,44 @@ func (t *Topology) create(ctx context.Context) error {
 		}
 		return nil
 	}
-	if err := link(t.HubNS, t.hubLink(), 0); err != nil {
+	// The router first (it also sets up /run/netns), then the hub and
+	// every node side by side.
+	if err := addNS(t.Router); err != nil {
 		return err
 	}
-	if len(t.cfg.HubToNodePorts) > 0 {
-		// Only for SSH egress: the hub may reach the node network (the
-		// router lets exactly the SSH port through).
-		if err := ip(ctx, "-n", t.HubNS, "route", "add", t.cfg.CIDR.String(), "via", t16(t.cfg.CIDR, 0, 1).String()); err != nil {
-			return err
+	errs := make([]error, 1+len(t.Nodes))
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if errs[0] = addNS(t.HubNS); errs[0] != nil {
+			return
 		}
-	}
+		if errs[0] = link(t.HubNS, t.hubLink(), 0); errs[0] != nil {
+			return
+		}
+		if len(t.cfg.HubToNodePorts) > 0 {
+			// Only for SSH egress: the hub may reach the node network (the
+			// router lets exactly the SSH port through).
+			errs[0] = ip(ctx, "-n", t.HubNS, "route", "add", t.cfg.CIDR.String(), "via", t16(t.cfg.CIDR, 0, 1).String())
+		}
+	}()
 	for i, n := range t.Nodes {
-		if err := link(n.NetNS, t.nodeLink(i+1), i+1); err != nil {
-			return err
-		}
-		if err := ip(ctx, "-n", n.NetNS, "route", "add", "default", "via", t16(t.cfg.CIDR, i+1, 1).String()); err != nil {
-			return err
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if errs[i+1] = addNS(n.NetNS); errs[i+1] != nil {
+				return
+			}
+			if errs[i+1] = link(n.NetNS, t.nodeLink(i+1), i+1); errs[i+1] != nil {
+				return
+			}
+			errs[i+1] = ip(ctx, "-n", n.NetNS, "route", "add", "default", "via", t16(t.cfg.CIDR, i+1, 1).String())
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	if err := writeSysctl(t.Router, "/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
 		return fmt.Errorf("isolation: enable forwarding in %s: %w", t.Router, err)
