@@ -85,6 +85,11 @@ func (c *Checker) checkAnonymous(ctx context.Context, e *env) {
 		return
 	}
 	resp, err := client.Do(req)
+	if err != nil && clientCertRequired(err) {
+		c.add(Finding{Path: PathAPIServer, Check: name, State: Pass,
+			Evidence: "GET " + u + " without credentials: the TLS handshake was refused (" + err.Error() + "): the hub requires a client certificate"})
+		return
+	}
 	if err != nil {
 		c.unknown(PathAPIServer, name, "hub", err, "")
 		return
@@ -102,6 +107,13 @@ func (c *Checker) checkAnonymous(ctx context.Context, e *env) {
 		c.add(Finding{Path: PathAPIServer, Check: name, State: Fail, Risk: RiskHigh,
 			Evidence: ev + ": " + statusMessage(body), Fix: fix})
 	}
+}
+
+// clientCertRequired: the server refused the handshake for want of a
+// client certificate (TLS alerts "certificate required" / "bad certificate").
+func clientCertRequired(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "certificate required") || strings.Contains(s, "bad certificate")
 }
 
 // statusMessage extracts "message" from a Status body, else the raw start.
@@ -132,7 +144,8 @@ func (c *Checker) checkTLSVersions(ctx context.Context, e *env) {
 			// Offer every suite an old client could, so a refusal is about the version.
 			cfg.CipherSuites = allSuiteIDs()
 		}
-		if _, err := handshake(ctx, e.host, cfg, c.cfg.Timeout); err != nil {
+		// A server that then demands a client certificate did negotiate the version.
+		if _, err := handshake(ctx, e.host, cfg, c.cfg.Timeout); err != nil && !clientCertRequired(err) {
 			refused = append(refused, tlsVersionNames[v])
 			if isDialError(err) {
 				lastErr = err
@@ -201,7 +214,7 @@ func (c *Checker) checkWeakCiphers(ctx context.Context, e *env) {
 				continue
 			}
 			tried++
-			if err == nil {
+			if err == nil || clientCertRequired(err) {
 				accepted = append(accepted, s.Name)
 			}
 		}

@@ -169,6 +169,8 @@ func TestAPIServerProbes(t *testing.T) {
 				"weak TLS cipher suites refused": Warn, "serving certificate": Warn}},
 		{"anonymous forbidden", &tls.Config{MinVersion: tls.VersionTLS12}, http.StatusForbidden, map[string]State{
 			"anonymous requests rejected": Fail}},
+		{"client certificate required", &tls.Config{MinVersion: tls.VersionTLS12, ClientAuth: tls.RequireAnyClientCert}, http.StatusOK, map[string]State{
+			"anonymous requests rejected": Pass, "TLS versions offered": Pass, "weak TLS cipher suites refused": Pass}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := New(Config{REST: tlsServer(t, tc.tls, tc.status), Timeout: 5 * time.Second})

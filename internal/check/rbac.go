@@ -102,11 +102,13 @@ func rulesGrant(rules []rbacv1.PolicyRule, p permission) bool {
 	return false
 }
 
-// builtIn: bindings the platform manages (rbac-defaults label, system: or
-// tether: names) and the system:masters group.
+// builtIn: bindings of the bootstrap policy (label
+// kubernetes.io/bootstrapping=rbac-defaults, as Kubernetes and tether set
+// it), the hub's own tether: bindings, and the system:masters group. A name
+// alone (system:…) does not make a binding built-in.
 func builtIn(meta metav1.ObjectMeta, s rbacv1.Subject) bool {
-	return meta.Labels["kubernetes.io/bootstrapping"] == "rbac-defaults" || strings.HasPrefix(meta.Name, "system:") ||
-		strings.HasPrefix(meta.Name, "tether:") || (s.Kind == rbacv1.GroupKind && s.Name == "system:masters")
+	return meta.Labels["kubernetes.io/bootstrapping"] == "rbac-defaults" || strings.HasPrefix(meta.Name, "tether:") ||
+		(s.Kind == rbacv1.GroupKind && s.Name == "system:masters")
 }
 
 func subjectString(s rbacv1.Subject, ns string) string {
