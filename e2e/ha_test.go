@@ -79,7 +79,7 @@ func haPrefix() string {
 	return fmt.Sprintf("127.%d.%d", 192+(pid>>8)%32, pid%256)
 }
 
-func startHACluster(t *testing.T, nodes int) *haCluster {
+func startHACluster(t testing.TB, nodes int) *haCluster {
 	t.Helper()
 	c := &haCluster{dir: t.TempDir(), prefix: haPrefix(), port: 6443}
 	t.Cleanup(c.stop)
@@ -193,7 +193,7 @@ func (c *haCluster) startAgent(a *agent, servers string) error {
 	return nil
 }
 
-func (c *haCluster) startMember(t *testing.T, i int) {
+func (c *haCluster) startMember(t testing.TB, i int) {
 	t.Helper()
 	m, err := storage.New(c.etcd.Member(i))
 	if err != nil {
@@ -214,7 +214,7 @@ func (c *haCluster) stopMember(i int) {
 	}
 }
 
-func (c *haCluster) startHub(t *testing.T, i int) {
+func (c *haCluster) startHub(t testing.TB, i int) {
 	t.Helper()
 	h := c.hubs[i]
 	if err := os.MkdirAll(h.dir, 0o700); err != nil {
@@ -249,7 +249,7 @@ func (c *haCluster) startHub(t *testing.T, i int) {
 }
 
 // waitHub polls hub i's /readyz with the admin certificate.
-func (c *haCluster) waitHub(t *testing.T, i int) {
+func (c *haCluster) waitHub(t testing.TB, i int) {
 	t.Helper()
 	h := c.hubs[i]
 	cfg := c.config(h.url(c.port))
@@ -325,7 +325,7 @@ func (c *haCluster) config(server string) *rest.Config {
 }
 
 // client talks to the load balancer.
-func (c *haCluster) client(t *testing.T) *kubernetes.Clientset {
+func (c *haCluster) client(t testing.TB) *kubernetes.Clientset {
 	t.Helper()
 	cs, err := kubernetes.NewForConfig(c.config(c.lbURL))
 	if err != nil {
@@ -335,7 +335,7 @@ func (c *haCluster) client(t *testing.T) *kubernetes.Clientset {
 }
 
 // leader returns the index of the hub holding the controllers' Lease.
-func (c *haCluster) leader(t *testing.T, cs kubernetes.Interface) int {
+func (c *haCluster) leader(t testing.TB, cs kubernetes.Interface) int {
 	t.Helper()
 	var holder string
 	eventually(t, 30*time.Second, "a controller leader", func() error {
@@ -375,7 +375,7 @@ func endpointIPs(cs kubernetes.Interface) ([]string, error) {
 }
 
 // eventually polls f until it succeeds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, f func() error) {
+func eventually(t testing.TB, d time.Duration, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -390,7 +390,7 @@ func eventually(t *testing.T, d time.Duration, what string, f func() error) {
 	}
 }
 
-func (c *haCluster) wantEndpoints(t *testing.T, cs kubernetes.Interface, d time.Duration, hubs ...int) {
+func (c *haCluster) wantEndpoints(t testing.TB, cs kubernetes.Interface, d time.Duration, hubs ...int) {
 	t.Helper()
 	var want []string
 	for _, i := range hubs {
@@ -411,7 +411,7 @@ func (c *haCluster) wantEndpoints(t *testing.T, cs kubernetes.Interface, d time.
 
 // signedCSR creates and approves a kube-apiserver-client CSR and waits until
 // the signer has issued it.
-func signedCSR(t *testing.T, cs kubernetes.Interface, name string, within time.Duration) {
+func signedCSR(t testing.TB, cs kubernetes.Interface, name string, within time.Duration) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -575,7 +575,7 @@ func TestHAFaultInjection(t *testing.T) {
 }
 
 // etcdLeader returns the index of the member that leads the etcd cluster.
-func (c *haCluster) etcdLeader(t *testing.T) int {
+func (c *haCluster) etcdLeader(t testing.TB) int {
 	t.Helper()
 	cli := c.etcdClient(t, c.etcd.ClientURLs())
 	defer cli.Close()
@@ -591,7 +591,7 @@ func (c *haCluster) etcdLeader(t *testing.T) int {
 	return -1
 }
 
-func (c *haCluster) etcdClient(t *testing.T, eps []string) *clientv3.Client {
+func (c *haCluster) etcdClient(t testing.TB, eps []string) *clientv3.Client {
 	t.Helper()
 	tc, err := (&transport.TLSInfo{CertFile: c.etcd.CertFile, KeyFile: c.etcd.KeyFile, TrustedCAFile: c.etcd.CAFile}).ClientConfig()
 	if err != nil {
@@ -605,7 +605,7 @@ func (c *haCluster) etcdClient(t *testing.T, eps []string) *clientv3.Client {
 }
 
 // waitMember waits until member i serves and has caught up with the leader.
-func (c *haCluster) waitMember(t *testing.T, i int) {
+func (c *haCluster) waitMember(t testing.TB, i int) {
 	t.Helper()
 	u := c.etcd.ClientURLs()[i]
 	cli := c.etcdClient(t, []string{u})

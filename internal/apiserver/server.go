@@ -99,6 +99,9 @@ type Config struct {
 	Build func(BuildContext) (Extensions, error)
 	// PostStartHooks run once the server serves (controllers).
 	PostStartHooks map[string]genericapiserver.PostStartHookFunc
+	// PreShutdownHooks run when shutdown starts, while the server still
+	// serves (a replica removing itself from the kubernetes Endpoints).
+	PreShutdownHooks map[string]genericapiserver.PreShutdownHookFunc
 	// Logger; zero value slog.Default().
 	Logger *slog.Logger
 }
@@ -382,6 +385,11 @@ func New(cfg Config) (srv *Server, err error) {
 	}
 	if cfg.AnonymousAuth {
 		cfg.Logger.Warn("INSECURE: --anonymous-auth=true: unauthenticated requests are served as system:anonymous")
+	}
+	for name, hook := range cfg.PreShutdownHooks {
+		if err := generic.AddPreShutdownHook(name, hook); err != nil {
+			return nil, err
+		}
 	}
 	generic.AddPreShutdownHookOrDie("close-etcd-client", func() error { return etcdClient.Close() })
 	return &Server{cfg: cfg, port: port, generic: generic, loopback: loopback}, nil

@@ -49,8 +49,9 @@ type APIServerLeasesConfig struct {
 type APIServerLeases struct {
 	cfg  APIServerLeasesConfig
 	name string
-	mu   sync.Mutex
-	live []EndpointAddr
+	mu       sync.Mutex
+	live     []EndpointAddr
+	released bool // after Release, Sync no longer renews
 }
 
 // NewAPIServerLeases validates cfg.
@@ -102,14 +103,20 @@ func (l *APIServerLeases) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			l.release()
+			l.Release()
 			return nil
 		case <-t.C:
 		}
 	}
 }
 
-func (l *APIServerLeases) release() {
+// Release deletes this replica's Lease and, if others are live, lets
+// OnChange rewrite the Endpoints without it. It is safe to call more than
+// once (shutdown hook, then Run's exit).
+func (l *APIServerLeases) Release() {
+	l.mu.Lock()
+	l.released = true
+	l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	err := l.cfg.Client.CoordinationV1().Leases(metav1.NamespaceSystem).Delete(ctx, l.name, metav1.DeleteOptions{})
@@ -128,6 +135,12 @@ func (l *APIServerLeases) release() {
 
 // Sync renews this replica's Lease once and recomputes the live set.
 func (l *APIServerLeases) Sync(ctx context.Context) error {
+	l.mu.Lock()
+	released := l.released
+	l.mu.Unlock()
+	if released {
+		return nil
+	}
 	leases := l.cfg.Client.CoordinationV1().Leases(metav1.NamespaceSystem)
 	now := metav1.NewMicroTime(time.Now())
 	secs := int32(l.cfg.LeaseDuration / time.Second)

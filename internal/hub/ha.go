@@ -157,3 +157,13 @@ func warnInsecureEtcd(cfg Config) {
 		}
 	}
 }
+
+// releaseLease runs before the API server stops serving: the replica
+// deletes its Lease and rewrites the `kubernetes` Endpoints without itself,
+// so clients stop being sent to it at once.
+func (h *Hub) releaseLease() error {
+	if r := h.repl.Load(); r != nil {
+		r.leases.Release()
+	}
+	return nil
+}

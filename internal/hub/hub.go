@@ -101,6 +101,7 @@ type Hub struct {
 	etcdEndpoints []string
 	sshKey        string      // hub SSH public key to publish (ssh egress)
 	fail          func(error) // stops Run with a fatal error
+	repl          atomic.Pointer[replicated]
 }
 
 // New validates cfg.
@@ -304,7 +305,8 @@ func (h *Hub) Run(ctx context.Context) error {
 				return nil
 			},
 		},
-		Logger: log,
+		PreShutdownHooks: map[string]genericapiserver.PreShutdownHookFunc{"tether-apiserver-lease": h.releaseLease},
+		Logger:           log,
 	})
 	if err != nil {
 		return fmt.Errorf("hub: %w", err)
@@ -430,6 +432,7 @@ func (h *Hub) runControllers(ctx context.Context, loopback *restclient.Config, c
 		log.Error("controllers", "err", err)
 		return
 	}
+	h.repl.Store(repl)
 	if err := checkSharedKeys(ctx, client, cluster); err != nil {
 		var mismatch *keyMismatchError
 		if errors.As(err, &mismatch) {
