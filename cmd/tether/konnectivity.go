@@ -66,6 +66,7 @@ type konnectivityServerFlags struct {
 	headerTimeout                         time.Duration
 	maxPendingDials, maxConnsPerAgent     int
 	disableConnStreams                    bool
+	disableRawConns                       bool
 }
 
 func defaultID(env string) string {
@@ -168,6 +169,7 @@ func konnectivityServerCommand() (*cobra.Command, *konnectivityServerFlags) {
 	fl.IntVar(&f.maxPendingDials, "max-pending-dials-per-agent", 1000, "tether: dials in flight per agent stream before new dials are refused.")
 	fl.IntVar(&f.maxConnsPerAgent, "max-connections-per-agent", 10000, "tether: established connections per agent stream before new dials are refused.")
 	fl.BoolVar(&f.disableConnStreams, "disable-conn-streams", false, "tether: do not offer per-connection streams (upstream behaviour, head-of-line blocking).")
+	fl.BoolVar(&f.disableRawConns, "disable-raw-conns", false, "tether: do not accept raw per-connection TLS connections from agents (they use per-connection streams).")
 	return withConfig(cmd), f
 }
 
@@ -278,7 +280,7 @@ func (f *konnectivityServerFlags) config(log *slog.Logger) (kserver.Config, kser
 	}
 	cfg = kserver.Config{Logger: log, ServerID: f.serverID, ServerCount: f.serverCount, Strategies: strategies,
 		DialTimeout: f.backendDialTimeout, MaxPendingDialsPerAgent: f.maxPendingDials, MaxConnsPerAgent: f.maxConnsPerAgent,
-		DisableConnStreams: f.disableConnStreams}
+		DisableConnStreams: f.disableConnStreams, DisableRawConns: f.disableRawConns}
 	lc = kserver.ListenConfig{Mode: f.mode, KeepaliveTime: f.keepaliveTime, FrontendKeepaliveTime: f.frontendKeepalive,
 		HTTPConnectHeaderTimeout: f.headerTimeout, EnableProfiling: f.enableProfiling, InsecureAgentTCP: f.insecureAgentTCP, InsecureFrontendTCP: f.insecureFrontendTCP}
 	if f.udsName != "" {
@@ -406,6 +408,7 @@ type konnectivityAgentFlags struct {
 	dialTimeout                       time.Duration
 	maxConns, maxPending              int
 	disableConnStreams                bool
+	disableRawConns                   bool
 	drainTimeout                      time.Duration
 }
 
@@ -518,6 +521,7 @@ func newKonnectivityAgentCmd() *cobra.Command {
 	fl.IntVar(&f.maxConns, "max-connections", 10000, "tether: open endpoint connections before new dials are refused.")
 	fl.IntVar(&f.maxPending, "max-pending-dials", 1000, "tether: endpoint dials in flight before new dials are refused.")
 	fl.BoolVar(&f.disableConnStreams, "disable-conn-streams", false, "tether: do not offer per-connection streams (upstream behaviour).")
+	fl.BoolVar(&f.disableRawConns, "disable-raw-conns", false, "tether: do not carry connections on raw TLS connections of their own (use per-connection streams).")
 	return withConfig(cmd)
 }
 
@@ -529,7 +533,7 @@ func (f *konnectivityAgentFlags) config(log *slog.Logger) (kagent.Config, error)
 	cfg := kagent.Config{Logger: log, AgentID: f.agentID, Identifiers: ids, TokenPath: f.tokenPath,
 		SyncInterval: f.syncInterval, SyncIntervalCap: f.syncIntervalCap, KeepaliveTime: f.keepaliveTime,
 		DialTimeout: f.dialTimeout, MaxConns: f.maxConns, MaxPendingDials: f.maxPending,
-		DisableConnStreams: f.disableConnStreams, InsecureTCP: f.insecureTCP, EnableProfiling: f.enableProfiling}
+		DisableConnStreams: f.disableConnStreams, DisableRawConns: f.disableRawConns, InsecureTCP: f.insecureTCP, EnableProfiling: f.enableProfiling}
 	cfg.Servers = f.servers
 	if len(cfg.Servers) == 0 {
 		cfg.Servers = []string{hostPort(f.proxyServerHost, f.proxyServerPort)}

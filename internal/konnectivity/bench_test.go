@@ -451,13 +451,19 @@ func benchPaths() []pathMaker {
 			return benchPath{dial: func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", backend) }},
 				func() { a.stop(); e.stop() }
 		}))
-		ps = append(ps, mk("ours/"+m.mode, "ours", m.mode, func(b *testing.B, pki *konnectivitytest.PKI, backend string) (benchPath, func()) {
-			e := startOurServer(b, pki, serverOpts{mode: m.srvMode})
-			a := startOurAgent(b, e, agentOpts{id: "bench-agent", cfg: agent.Config{MaxConns: 100000}})
-			d := newDialer(b, e, frontendKind{tcp: m.tcp})
-			return benchPath{dial: func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", backend) }},
-				func() { a.stop(); e.stop() }
-		}))
+		for _, raw := range []bool{true, false} {
+			name := "ours/" + m.mode // raw connections (the default between tether peers)
+			if !raw {
+				name = "ours-streams/" + m.mode // conn-streams only
+			}
+			ps = append(ps, mk(name, "ours", m.mode, func(b *testing.B, pki *konnectivitytest.PKI, backend string) (benchPath, func()) {
+				e := startOurServer(b, pki, serverOpts{mode: m.srvMode})
+				a := startOurAgent(b, e, agentOpts{id: "bench-agent", cfg: agent.Config{MaxConns: 100000, DisableRawConns: !raw}})
+				d := newDialer(b, e, frontendKind{tcp: m.tcp})
+				return benchPath{dial: func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", backend) }},
+					func() { a.stop(); e.stop() }
+			}))
+		}
 	}
 	return ps
 }

@@ -4,15 +4,14 @@ import (
 	"os"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-
-	"github.com/tether-dev/tether/internal/konnectivity/agent"
 )
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o600) }
 
-// metricValue sums a counter or gauge family of the agent's registry.
-func metricValue(t testing.TB, a *agent.Agent, name string) float64 {
+// metricValue sums a counter or gauge family of an agent's or server's registry.
+func metricValue(t testing.TB, a interface{ Gatherer() prometheus.Gatherer }, name string) float64 {
 	t.Helper()
 	mfs, err := a.Gatherer().Gather()
 	if err != nil {

@@ -80,6 +80,9 @@ type Config struct {
 	AllowedDestinations []netip.Prefix
 	// DisableConnStreams turns the tether extension off (upstream behaviour).
 	DisableConnStreams bool
+	// DisableRawConns turns off raw connections (tether extension: each
+	// tunnelled connection on its own TLS connection to the server).
+	DisableRawConns bool
 	// HealthAddr serves /healthz, /readyz and /metrics; "" disables.
 	HealthAddr string
 	// AdminAddr serves /metrics; "" disables.
@@ -119,6 +122,8 @@ type Agent struct {
 	npending  int
 	respCount int // largest serverCount a server announced
 	slotCount int
+
+	rawSessions tls.ClientSessionCache // TLS resumption for raw connections
 }
 
 // New validates cfg and returns an Agent.
@@ -183,7 +188,8 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("konnectivity agent metrics: %w", err)
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger.With("agentID", cfg.AgentID), m: m, gather: gather, servers: map[string]*session{}}, nil
+	return &Agent{cfg: cfg, log: cfg.Logger.With("agentID", cfg.AgentID), m: m, gather: gather, servers: map[string]*session{},
+		rawSessions: tls.NewLRUClientSessionCache(64)}, nil
 }
 
 // ID returns the agent ID.
@@ -369,8 +375,15 @@ func (a *Agent) metadata() (metadata.MD, error) {
 	if !a.cfg.Identifiers.Empty() {
 		md.Set(wire.MDAgentIdentifiers, a.cfg.Identifiers.Encode())
 	}
+	var caps []string
 	if !a.cfg.DisableConnStreams {
-		md.Set(wire.MDCapabilities, wire.CapConnStreams)
+		caps = append(caps, wire.CapConnStreams)
+	}
+	if !a.cfg.DisableRawConns && a.cfg.TLS != nil {
+		caps = append(caps, wire.CapRawConns)
+	}
+	if len(caps) > 0 {
+		md.Set(wire.MDCapabilities, strings.Join(caps, ","))
 	}
 	if a.cfg.TokenPath != "" {
 		tok, err := os.ReadFile(a.cfg.TokenPath)

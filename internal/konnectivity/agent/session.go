@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -21,15 +22,20 @@ import (
 
 // session is one agent↔server connection (one control stream).
 type session struct {
-	a        *Agent
-	serverID string
-	ext      bool
-	cc       *grpc.ClientConn
-	svc      agentpb.AgentServiceClient
-	md       metadata.MD
-	ctx      context.Context
-	stream   agentpb.AgentService_ConnectClient
-	sendMu   sync.Mutex
+	a         *Agent
+	serverID  string
+	addr      string // the server address this session dialled
+	ext       bool
+	raw       bool // raw connections negotiated (wire.CapRawConns)
+	rawPool   chan pooledRaw
+	rawTaken  chan struct{}
+	rawBroken atomic.Bool
+	cc        *grpc.ClientConn
+	svc       agentpb.AgentServiceClient
+	md        metadata.MD
+	ctx       context.Context
+	stream    agentpb.AgentService_ConnectClient
+	sendMu    sync.Mutex
 
 	mu      sync.Mutex
 	pending map[int64]context.CancelFunc // by dial random
@@ -104,7 +110,8 @@ func (a *Agent) session(ctx context.Context, addr string, grow chan<- struct{}) 
 		}
 	}
 	s := &session{a: a, serverID: serverID, cc: cc, svc: svc, md: md, ctx: sctx, stream: stream,
-		ext:     !a.cfg.DisableConnStreams && wire.HasCap(hdr, wire.CapConnStreams),
+		ext: !a.cfg.DisableConnStreams && wire.HasCap(hdr, wire.CapConnStreams),
+		raw: !a.cfg.DisableRawConns && a.cfg.TLS != nil && wire.HasCap(hdr, wire.CapRawConns), addr: addr,
 		pending: map[int64]context.CancelFunc{}, conns: map[int64]*endpoint{}}
 	a.mu.Lock()
 	if _, dup := a.servers[serverID]; dup {
@@ -114,7 +121,11 @@ func (a *Agent) session(ctx context.Context, addr string, grow chan<- struct{}) 
 	a.servers[serverID] = s
 	a.m.openServerConns.Set(float64(len(a.servers)))
 	a.mu.Unlock()
-	a.log.Info("connected to konnectivity server", "server", addr, "serverID", serverID, "connStreams", s.ext)
+	a.log.Info("connected to konnectivity server", "server", addr, "serverID", serverID, "connStreams", s.ext, "rawConns", s.raw)
+	if s.raw {
+		s.rawPool, s.rawTaken = make(chan pooledRaw, rawPoolSize), make(chan struct{}, 1)
+		s.wg.Go(s.fillRawPool)
+	}
 	if a.cfg.Drain != nil {
 		s.wg.Go(func() {
 			select {
@@ -265,6 +276,18 @@ func (s *session) dial(r *client.DialRequest) {
 		}
 		a.m.dialDuration.Observe(time.Since(start).Seconds())
 		connID := a.connID.Add(1)
+		if s.raw {
+			rc, err := s.openRaw(r.Random, connID)
+			if err == nil {
+				s.serveRaw(rc, conn)
+				a.mu.Lock()
+				a.nconns--
+				a.m.openEndpointConns.Set(float64(a.nconns))
+				a.mu.Unlock()
+				return
+			}
+			a.log.Debug("raw connection not available; using a connection stream", "serverID", s.serverID, "err", err)
+		}
 		if s.ext {
 			s.serveConnStream(r.Random, connID, conn)
 		} else {

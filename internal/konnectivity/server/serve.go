@@ -145,7 +145,12 @@ func (s *Server) Run(ctx context.Context, lc ListenConfig) error {
 		addrs.Agent = l.Addr()
 		opts := GRPCServerOptions(lc.KeepaliveTime, lc.StreamWindow)
 		if lc.AgentTLS != nil {
-			opts = append(opts, grpc.Creds(credentials.NewTLS(lc.AgentTLS)))
+			// TLS is terminated by agentMux, which also serves raw connections.
+			m := s.newAgentMux(l, lc.AgentTLS)
+			l = m
+			listeners = append(listeners, m)
+			s.rawListener.Store(true)
+			opts = append(opts, grpc.Creds(handshaken{}))
 		} else {
 			s.log.Warn("INSECURE: agent listener is plaintext TCP", "addr", l.Addr().String())
 		}

@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
@@ -110,6 +111,10 @@ type Config struct {
 	FallbackStallTimeout time.Duration
 	// DisableConnStreams turns the tether extension off (upstream behaviour).
 	DisableConnStreams bool
+	// DisableRawConns turns off raw connections (tether extension: each
+	// tunnelled connection on its own TLS connection, for agents that
+	// authenticate with a client certificate).
+	DisableRawConns bool
 	// Registerer receives the metrics; nil uses a private registry (see Gatherer).
 	Registerer prometheus.Registerer
 }
@@ -122,6 +127,10 @@ type Server struct {
 	m       *metrics
 	gather  prometheus.Gatherer
 	closing atomic.Bool
+	// rawListener is set when Run serves the agent port through agentMux,
+	// so raw connections can reach this server.
+	rawListener atomic.Bool
+	rawAccepted atomic.Int64
 
 	mu       sync.Mutex
 	backends []*backend
@@ -254,6 +263,9 @@ func splitComma(s string) []string {
 	return out
 }
 
+// RawConnsAccepted counts raw connections (tether extension) accepted so far.
+func (s *Server) RawConnsAccepted() int64 { return s.rawAccepted.Load() }
+
 // ---- agents ----
 
 type backend struct {
@@ -263,6 +275,7 @@ type backend struct {
 	ids      wire.Identifiers
 	ext      bool
 	peer     string
+	rawKey   string // wire.CertKey of the control stream's TLS peer, if raw conns were negotiated
 	stream   agentpb.AgentService_ConnectServer
 	sendMu   sync.Mutex
 	done     chan struct{}
@@ -356,10 +369,21 @@ func (s *Server) Connect(stream agentpb.AgentService_ConnectServer) error {
 	if !s.cfg.DisableConnStreams {
 		hdr.Append(wire.MDCapabilities, wire.CapConnStreams)
 	}
+	rawKey := ""
+	if s.rawListener.Load() && !s.cfg.DisableRawConns && wire.HasCap(md, wire.CapRawConns) {
+		if p, ok := peer.FromContext(ctx); ok {
+			if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+				rawKey = wire.CertKey(ti.State)
+			}
+		}
+		if rawKey != "" {
+			hdr.Append(wire.MDCapabilities, wire.CapRawConns)
+		}
+	}
 	if err := stream.SendHeader(hdr); err != nil {
 		return err
 	}
-	b := &backend{s: s, agentID: agentID, identity: identity, ids: ids, ext: ext, peer: peerAddr(ctx),
+	b := &backend{s: s, agentID: agentID, identity: identity, ids: ids, ext: ext, peer: peerAddr(ctx), rawKey: rawKey,
 		stream: stream, done: make(chan struct{}), conns: map[int64]*tunnel{}}
 	s.addBackend(b)
 	s.m.grpcConnections.WithLabelValues("Connect").Inc()

@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -58,6 +59,7 @@ type tunnel struct {
 	closeErr    error
 	agentConnID int64
 	data        agentpb.AgentService_ConnectServer // tether extension: own stream
+	raw         net.Conn                           // tether extension: raw connection
 	q           chan fallbackItem                  // upstream agents: bounded queue to the frontend
 
 	dataMu sync.Mutex
@@ -169,10 +171,19 @@ func (s *Server) failDial(t *tunnel, err error, reason string, sendCls bool) {
 // establish turns a taken dial into a connection. data is the connection's
 // own stream (tether extension) or nil (upstream agent: shared stream).
 func (s *Server) establish(t *tunnel, connID int64, data agentpb.AgentService_ConnectServer) bool {
+	return s.establishWith(t, connID, data, nil)
+}
+
+// establishRaw turns a taken dial into a connection carried on raw.
+func (s *Server) establishRaw(t *tunnel, connID int64, raw net.Conn) bool {
+	return s.establishWith(t, connID, nil, raw)
+}
+
+func (s *Server) establishWith(t *tunnel, connID int64, data agentpb.AgentService_ConnectServer, raw net.Conn) bool {
 	s.mu.Lock()
 	if _, dup := t.b.conns[connID]; dup || connID == 0 {
 		s.mu.Unlock()
-		if data == nil && connID != 0 {
+		if data == nil && raw == nil && connID != 0 {
 			_ = t.b.send(closeReq(connID))
 		}
 		s.failDial(t, fmt.Errorf("agent returned invalid connection ID %d", connID), reasonEndpoint, false)
@@ -184,7 +195,8 @@ func (s *Server) establish(t *tunnel, connID int64, data agentpb.AgentService_Co
 	t.state = stEstablished
 	t.agentConnID = connID
 	t.data = data
-	if data == nil {
+	t.raw = raw
+	if data == nil && raw == nil {
 		t.q = make(chan fallbackItem, s.cfg.FallbackQueuePackets)
 		go t.fallbackWriter()
 	}
@@ -241,8 +253,14 @@ func (s *Server) finish(t *tunnel, err error, fast bool) {
 	t.fast = fast
 	connID := t.agentConnID
 	q := t.q
+	raw := t.raw
 	t.mu.Unlock()
 	close(t.done)
+	if raw != nil {
+		t.dataMu.Lock() // no write in progress
+		closeRaw(raw, err != nil)
+		t.dataMu.Unlock()
+	}
 	s.mu.Lock()
 	if t.b.conns[connID] == t {
 		delete(t.b.conns, connID)
@@ -263,7 +281,7 @@ func (s *Server) abort(t *tunnel, err error, notifyAgent bool) {
 		return
 	}
 	t.mu.Lock()
-	state, connID, shared := t.state, t.agentConnID, t.data == nil
+	state, connID, shared := t.state, t.agentConnID, t.data == nil && t.raw == nil
 	if state == stTaken {
 		t.cancelReq = true
 	}
@@ -281,12 +299,15 @@ func (s *Server) abort(t *tunnel, err error, notifyAgent bool) {
 // own stream when it has one.
 func (t *tunnel) sendAgent(pkt *client.Packet) error {
 	t.mu.Lock()
-	data := t.data
+	data, raw := t.data, t.raw
 	t.mu.Unlock()
 	select {
 	case <-t.done:
 		return errors.New("connection closed")
 	default:
+	}
+	if raw != nil {
+		return t.sendRaw(raw, pkt)
 	}
 	if data == nil {
 		return t.b.send(pkt)
@@ -297,6 +318,22 @@ func (t *tunnel) sendAgent(pkt *client.Packet) error {
 		return fmt.Errorf("send to agent: %w", err)
 	}
 	t.s.m.streamPackets.WithLabelValues(segToAgent, pkt.Type.String()).Inc()
+	return nil
+}
+
+// sendRaw writes DATA to a raw connection; CLOSE_REQ closes it (the agent
+// sees a clean end and closes its endpoint).
+func (t *tunnel) sendRaw(raw net.Conn, pkt *client.Packet) error {
+	t.dataMu.Lock()
+	defer t.dataMu.Unlock()
+	switch pkt.Type {
+	case client.PacketType_DATA:
+		if _, err := raw.Write(pkt.GetData().Data); err != nil {
+			return fmt.Errorf("send to agent: %w", err)
+		}
+	case client.PacketType_CLOSE_REQ:
+		closeRaw(raw, false)
+	}
 	return nil
 }
 

@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"bytes"
+	"errors"
 	"net/netip"
 	"testing"
 
@@ -161,6 +163,32 @@ func FuzzCapabilities(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		if len(Capabilities([]string{s, s})) > 32 {
 			t.Fatal("capability set not bounded")
+		}
+	})
+}
+
+// FuzzReadRawHello: any bytes either decode to a hello that re-encodes to
+// the same prefix, or give ErrMalformed; nothing panics or over-allocates.
+func FuzzReadRawHello(f *testing.F) {
+	good, _ := RawHello{Random: 7, ConnID: 9, AgentID: "node-a", ServerID: "s1"}.MarshalBinary()
+	f.Add(good)
+	f.Add([]byte("TKR1"))
+	f.Add(append([]byte("TKR1"), make([]byte, 20)...))
+	f.Add([]byte{'T', 'K', 'R', '1', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := ReadRawHello(bytes.NewReader(b))
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error not ErrMalformed: %v", err)
+			}
+			return
+		}
+		enc, err := h.MarshalBinary()
+		if err != nil {
+			t.Fatalf("decoded hello does not encode: %+v: %v", h, err)
+		}
+		if !bytes.HasPrefix(b, enc) {
+			t.Fatalf("round trip: %x is not a prefix of %x", enc, b)
 		}
 	})
 }
