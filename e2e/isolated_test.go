@@ -45,6 +45,7 @@ type isoCluster struct {
 	prefix     string
 	routeAdded bool // the root-namespace unreachable route was not there before
 	isolated   bool
+	stopped    bool
 	readyAfter time.Duration // from start to up.ready
 
 	cmd    *exec.Cmd
@@ -165,6 +166,10 @@ func (c *isoCluster) output() string {
 // stop ends tether up with SIGTERM (as Ctrl-C would) and checks it leaves
 // nothing behind: no process, namespace, veth, route or data dir.
 func (c *isoCluster) stop(t testing.TB) {
+	if c.stopped {
+		return
+	}
+	c.stopped = true
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-c.exited:
