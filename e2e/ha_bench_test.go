@@ -104,7 +104,8 @@ func BenchmarkHAFailover(b *testing.B) {
 		// etcd leader.
 		m := c.etcdLeader(b)
 		killed = time.Now()
-		c.stopMember(m)
+		stopped := make(chan struct{})
+		go func() { c.stopMember(m); close(stopped) }()
 		eventually(b, 30*time.Second, "write after the etcd leader stopped", func() error {
 			_, err := cs.CoreV1().ConfigMaps("default").Create(ctx, configMap(fmt.Sprintf("bench-etcd-%d", i), nil), metav1.CreateOptions{})
 			if err != nil && strings.Contains(err.Error(), "already exists") {
@@ -113,6 +114,7 @@ func BenchmarkHAFailover(b *testing.B) {
 			return err
 		})
 		etcd = append(etcd, time.Since(killed).Seconds())
+		<-stopped
 		c.startMember(b, m)
 		c.waitMember(b, m)
 	}

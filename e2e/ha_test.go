@@ -490,8 +490,15 @@ func TestHAFaultInjection(t *testing.T) {
 
 	t.Run("etcd member down: writes continue", func(t *testing.T) {
 		leader := c.etcdLeader(t)
+		// The member stops while the writes go on: etcd drains its
+		// client connections for up to its request timeout (~7s) and
+		// hands its leadership over.
 		killed := time.Now()
-		c.stopMember(leader)
+		stopped := make(chan time.Duration, 1)
+		go func() {
+			c.stopMember(leader)
+			stopped <- time.Since(killed)
+		}()
 		for i := range 5 {
 			name := fmt.Sprintf("ha-write-%d", i)
 			eventually(t, 15*time.Second, "write with etcd member "+strconv.Itoa(leader+1)+" down", func() error {
@@ -502,7 +509,8 @@ func TestHAFaultInjection(t *testing.T) {
 				return err
 			})
 		}
-		t.Logf("etcd leader (member %d) stopped: 5 writes acknowledged %s after the kill", leader+1, time.Since(killed).Round(time.Millisecond))
+		acked := time.Since(killed)
+		t.Logf("etcd leader (member %d) stopping: 5 writes acknowledged %s after the stop began; the member took %s to stop", leader+1, acked.Round(time.Millisecond), (<-stopped).Round(time.Millisecond))
 		c.startMember(t, leader)
 		c.waitMember(t, leader)
 		for i := range 5 {
