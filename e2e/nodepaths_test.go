@@ -25,10 +25,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/tether-dev/tether/internal/pki"
 )
@@ -557,9 +559,19 @@ func TestNodePathsNegative(t *testing.T) {
 		_ = cs.CoreV1().Pods(e.ns).Delete(context.Background(), onForged, metav1.DeleteOptions{GracePeriodSeconds: &zero})
 		_ = cs.CoreV1().Nodes().Delete(context.Background(), forged, metav1.DeleteOptions{})
 	})
-	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: forgedIP}}
-	node.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(fakePort)
-	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+	// The hub's node-IPAM controller writes spec.podCIDR concurrently: retry on conflict.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: forgedIP}}
+		node.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(fakePort)
+		_, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			if n, gerr := cs.CoreV1().Nodes().Get(ctx, forged, metav1.GetOptions{}); gerr == nil {
+				node = n
+			}
+		}
+		return err
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	pod, err := cs.CoreV1().Pods(e.ns).Create(ctx, &corev1.Pod{
@@ -602,12 +614,16 @@ func TestNodePathsNegative(t *testing.T) {
 		thief.TLS = &tls.Config{Certificates: []tls.Certificate{stolen}}
 		thief.StartTLS()
 		defer thief.Close()
-		n, err := cs.CoreV1().Nodes().Get(ctx, forged, metav1.GetOptions{})
+		err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			n, err := cs.CoreV1().Nodes().Get(ctx, forged, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			n.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(thief.Listener.Addr().(*net.TCPAddr).Port)
+			_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+			return err
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		n.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(thief.Listener.Addr().(*net.TCPAddr).Port)
-		if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		out := k.fails(t, "logs", "-n", e.ns, onForged)
