@@ -46,13 +46,36 @@ func (c *Checker) checkEgress(ctx context.Context, e *env) {
 	}
 }
 
-// directExposure is the hook for the isolated-topology check of direct
-// egress (hub and nodes on separate, untrusted networks).
-//
-// TODO(issue 11): report --egress=direct red when the nodes sit on an
-// isolated network the hub cannot or should not dial directly; the netns
-// topology for that is being built in parallel (see e2e TestCheck's TODO).
-func (c *Checker) directExposure(context.Context, *env) {}
+// directExposure: with direct egress the hub must reach every Ready node's
+// kubelet itself. A node it cannot dial sits on a network the hub has no
+// route to (an isolated or untrusted node network): hub → node paths (logs,
+// exec, port-forward, proxy) are down, and opening a direct route to
+// kubelets across such a network is what the seed warns against.
+func (c *Checker) directExposure(ctx context.Context, e *env) {
+	const name = "hub reaches nodes directly"
+	if e.nodesErr != nil {
+		c.unknown(PathEgress, name, "nodes", e.nodesErr, "")
+		return
+	}
+	for i := range e.nodes {
+		n := &e.nodes[i]
+		if !nodeReady(n) {
+			continue
+		}
+		err := c.nodeProxy(ctx, e, n.Name)
+		switch {
+		case err == nil || tlsRefusal(err):
+			c.add(Finding{Path: PathEgress, Check: name, Target: n.Name, Node: n.Name, State: Pass,
+				Evidence: "the hub dialled the kubelet directly: " + errText(err)})
+		case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
+			c.unknown(PathEgress, name, n.Name, err, "")
+		default:
+			c.add(Finding{Path: PathEgress, Check: name, Target: n.Name, Node: n.Name, State: Fail, Risk: RiskHigh,
+				Evidence: "Ready node, but the hub cannot dial it directly (its network is isolated from the hub): " + explain(err),
+				Fix:      "use --egress=konnectivity (nodes dial out to the hub) instead of routing the hub into the node network"})
+		}
+	}
+}
 
 // konnectivityAgents: every Ready node has a connected agent, proven by the
 // hub reaching its kubelet through the Konnectivity server.

@@ -34,7 +34,11 @@ func (c *Checker) nodeProxy(ctx context.Context, e *env, node string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	_, err := c.client.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", node, "proxy", "healthz").DoRaw(ctx)
+	body, err := c.client.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", node, "proxy", "healthz").DoRaw(ctx)
+	if err != nil && len(body) > 0 && !strings.Contains(err.Error(), strings.TrimSpace(string(body))) {
+		// The hub's reason (egress, dial or TLS error) is in the body.
+		err = fmt.Errorf("%w: %.300s", err, strings.TrimSpace(string(body)))
+	}
 	if e.proxied == nil {
 		e.proxied = map[string]error{}
 	}
