@@ -631,4 +631,3 @@ func (c *haCluster) waitMember(t testing.TB, i int) {
 		return nil
 	})
 }
-

@@ -47,8 +47,8 @@ type APIServerLeasesConfig struct {
 // expired — the lease-based endpoint reconciler of kube-apiserver, on
 // coordination.k8s.io Leases.
 type APIServerLeases struct {
-	cfg  APIServerLeasesConfig
-	name string
+	cfg      APIServerLeasesConfig
+	name     string
 	mu       sync.Mutex
 	live     []EndpointAddr
 	released bool // after Release, Sync no longer renews
