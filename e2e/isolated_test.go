@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -271,6 +272,17 @@ func TestIsolated(t *testing.T) {
 		first := isoNodeCerts(t, c, "node-1")
 		n1 := isoNodeIP(c.cidr, 1)
 		c.hubCannotDial(t, n1)
+		// Pod CIDRs come from the topology's upper half; the hub has no
+		// route there either.
+		node, err := c.cs.CoreV1().Nodes().Get(testContext(t, time.Minute), "node-1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		podCIDR, err := netip.ParsePrefix(node.Spec.PodCIDR)
+		if err != nil || !netip.MustParsePrefix("100.81.128.0/17").Contains(podCIDR.Addr()) {
+			t.Fatalf("node-1 podCIDR %q (%v), want inside 100.81.128.0/17", node.Spec.PodCIDR, err)
+		}
+		c.hubCannotDial(t, podCIDR.Addr().Next().String())
 		e := isoWorkload(t, c, newest)
 		t.Run("node-to-hub", func(t *testing.T) { isoNodeToHub(t, c, newest) })
 		t.Run("pod-to-hub", func(t *testing.T) { isoPodToHub(t, c, e, newest) })

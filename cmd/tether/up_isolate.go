@@ -66,6 +66,15 @@ func (o *isolateFlags) run(cmd *cobra.Command, cfg hub.Config, nodes int, verbos
 	if u.serverArgs, err = forwardedServerFlags(cmd.Flags()); err != nil {
 		return true, err
 	}
+	// Pod CIDRs come from the upper half of the topology's range unless
+	// chosen: covered by its unreachable route and, like node
+	// addresses, never routed from the hub.
+	if f := cmd.Flags().Lookup("cluster-cidr"); f != nil && !f.Changed {
+		b := cidr.Masked().Addr().As4()
+		b[2] = 128
+		u.podCIDR = netip.PrefixFrom(netip.AddrFrom4(b), 17).String()
+		u.serverArgs = append(u.serverArgs, "--cluster-cidr="+u.podCIDR)
+	}
 	return true, u.run(cmd.Context())
 }
 
@@ -99,6 +108,7 @@ type isoUp struct {
 	verbose    bool
 	cidr       netip.Prefix
 	serverArgs []string
+	podCIDR    string // set when tether up chose it
 	start      time.Time
 
 	topo   *isolation.Topology
@@ -490,7 +500,11 @@ func (u *isoUp) printStatus(ctx context.Context, cs kubernetes.Interface, mode, 
 	w := tabwriter.NewWriter(u.out, 0, 4, 2, ' ', 0)
 	defer w.Flush()
 	fmt.Fprintf(w, "\nHUB\t%s\tcontrol-plane network %s (netns %s)\tegress=%s\tkubeconfig=%s\n", publicURL, u.topo.HubIP, u.topo.HubNS, mode, kubeconfig)
-	fmt.Fprintf(w, "ISOLATION\t%s\trouter netns %s\tenforced by %s (table inet %s)\tlogs in %s\n", u.topo.CIDR(), u.topo.Router, u.topo.Enforcement, isolation.TableName, u.cfg.DataDir)
+	pods := ""
+	if u.podCIDR != "" {
+		pods = " (pods " + u.podCIDR + ")"
+	}
+	fmt.Fprintf(w, "ISOLATION\t%s%s\trouter netns %s\tenforced by %s (table inet %s)\tlogs in %s\n", u.topo.CIDR(), pods, u.topo.Router, u.topo.Enforcement, isolation.TableName, u.cfg.DataDir)
 	list, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		fmt.Fprintf(w, "NODES\tcould not list: %v\n", err)
