@@ -35,9 +35,9 @@ func (c *Checker) nodeProxy(ctx context.Context, e *env, node string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	body, err := c.client.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", node, "proxy", "healthz").DoRaw(ctx)
-	if err != nil && len(body) > 0 && !strings.Contains(err.Error(), strings.TrimSpace(string(body))) {
+	if msg := statusMessage(body); err != nil && msg != "" && !strings.Contains(err.Error(), msg) {
 		// The hub's reason (egress, dial or TLS error) is in the body.
-		err = fmt.Errorf("%w: %.300s", err, strings.TrimSpace(string(body)))
+		err = fmt.Errorf("%w: %s", err, msg)
 	}
 	if e.proxied == nil {
 		e.proxied = map[string]error{}
