@@ -90,7 +90,9 @@ func (h *Hub) newKonnectivity(cluster *pki.Cluster, servingChain string, nodes f
 		srv: srv,
 		uds: uds,
 		listen: server.ListenConfig{
-			Mode:      server.ModeGRPC,
+			// HTTP CONNECT on the in-process socket: the hub's own dialer
+			// gets raw bytes (no DATA packets on this leg).
+			Mode:      server.ModeHTTPConnect,
 			UDSName:   uds,
 			AgentAddr: net.JoinHostPort(bind.String(), strconv.Itoa(port)),
 			AgentTLS: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert},
@@ -102,7 +104,7 @@ func (h *Hub) newKonnectivity(cluster *pki.Cluster, servingChain string, nodes f
 
 // dialer is the frontend the egress selector uses.
 func (k *konnectivity) dialer() client.Config {
-	return client.Config{Mode: client.ModeGRPC, UDSName: k.uds}
+	return client.Config{Mode: client.ModeHTTPConnect, UDSName: k.uds}
 }
 
 // entitled: a node's agent must use the node's name as agentID and announce
