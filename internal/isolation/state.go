@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -50,17 +51,12 @@ func CleanStale(stateFile string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	var s state
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("isolation state %s: %w (remove it by hand after checking `ip netns list`)", stateFile, err)
+	s, err := parseState(b)
+	if err != nil {
+		return fmt.Errorf("isolation state %s: %w; not touching anything (remove the file by hand after checking `ip netns list`)", stateFile, err)
 	}
 	if s.PID != os.Getpid() && alive(s.PID) {
 		return fmt.Errorf("another tether (pid %d) runs the isolated topology of this data dir (%s); stop it first", s.PID, stateFile)
-	}
-	for _, ns := range s.NetNS {
-		if !strings.HasPrefix(ns, "tether-"+s.Prefix+"-") {
-			return fmt.Errorf("isolation state %s names %q, which this tool would not have created; not touching it", stateFile, ns)
-		}
 	}
 	log.Info("removing the isolated topology of a previous run", "pid", s.PID, "netns", s.NetNS, "routes", s.Routes)
 	if err := s.remove(log); err != nil {
@@ -153,4 +149,30 @@ func killIn(ns string, log *slog.Logger) error {
 		time.Sleep(100 * time.Millisecond) // bounded wait for the kernel to reap them
 	}
 	return fmt.Errorf("processes still running in %s after SIGKILL", ns)
+}
+
+// parseState decodes a state file and checks that it names only what this
+// package creates: namespaces "tether-<prefix>-…" with a plain prefix, and
+// routes that are IPv4 prefixes.
+func parseState(b []byte) (state, error) {
+	var s state
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, err
+	}
+	if s.Prefix == "" || len(s.Prefix) > 10 || strings.Trim(s.Prefix, "abcdefghijklmnopqrstuvwxyz0123456789") != "" {
+		return s, fmt.Errorf("bad prefix %q", s.Prefix)
+	}
+	for _, ns := range s.NetNS {
+		rest, ok := strings.CutPrefix(ns, "tether-"+s.Prefix+"-")
+		if !ok || rest == "" || strings.ContainsAny(rest, "/\x00 ") || len(ns) > 64 {
+			return s, fmt.Errorf("names %q, which this tool would not have created", ns)
+		}
+	}
+	for _, r := range s.Routes {
+		p, err := netip.ParsePrefix(r)
+		if err != nil || !p.Addr().Is4() || p.Masked() != p {
+			return s, fmt.Errorf("bad route %q", r)
+		}
+	}
+	return s, nil
 }
