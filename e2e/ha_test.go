@@ -27,6 +27,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -630,4 +631,83 @@ func (c *haCluster) waitMember(t testing.TB, i int) {
 		}
 		return nil
 	})
+}
+
+// TestUpHA: `tether up --hubs 3 --etcd-members 3 --nodes 1` comes up with
+// every replica in the `kubernetes` Endpoints, one controller leader and a
+// Ready node, all through the load balancer's kubeconfig.
+func TestUpHA(t *testing.T) {
+	dir := t.TempDir()
+	logf, err := os.Create(filepath.Join(dir, "up.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	// The data dir's address prefix is chosen by the child from its pid;
+	// pin one unique to this test process instead.
+	pid := os.Getpid()
+	prefix := fmt.Sprintf("127.%d.%d", 224+(pid>>8)%16, pid%256)
+	if err := os.WriteFile(filepath.Join(dir, "ha.prefix"), []byte(prefix+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(tetherBin, "up", "--hubs", "3", "--etcd-members", "3", "--nodes", "1", "--data-dir", dir)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-exited:
+		case <-time.After(60 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Error("tether up did not stop within 60s of SIGINT")
+		}
+	})
+	tail := func() string { b, _ := os.ReadFile(filepath.Join(dir, "up.log")); return string(b) }
+	eventually(t, readyTimeout, "tether up ready", func() error {
+		select {
+		case <-exited:
+			t.Fatalf("tether up exited:\n%s", tail())
+		default:
+		}
+		_, err := os.Stat(filepath.Join(dir, "up.ready"))
+		return err
+	})
+	rc, err := clientcmd.BuildConfigFromFlags("", filepath.Join(dir, "admin.kubeconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "https://" + prefix + ".200:6443"; rc.Host != want {
+		t.Fatalf("kubeconfig server %s, want the load balancer %s", rc.Host, want)
+	}
+	cs := kubernetes.NewForConfigOrDie(rc)
+	eventually(t, 30*time.Second, "three replicas in the kubernetes Endpoints", func() error {
+		ips, err := endpointIPs(cs)
+		if err != nil {
+			return err
+		}
+		if want := []string{prefix + ".1", prefix + ".2", prefix + ".3"}; !slices.Equal(ips, want) {
+			return fmt.Errorf("endpoints %v, want %v", ips, want)
+		}
+		return nil
+	})
+	n, err := cs.CoreV1().Nodes().Get(context.Background(), "node-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("node-1: %v\n%s", err, tail())
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status != corev1.ConditionTrue {
+			t.Fatalf("node-1 is %s", c.Status)
+		}
+	}
+	l, err := cs.CoordinationV1().Leases("kube-system").Get(context.Background(), "tether-controller-manager", metav1.GetOptions{})
+	if err != nil || l.Spec.HolderIdentity == nil {
+		t.Fatalf("controller lease: %v", err)
+	}
 }
