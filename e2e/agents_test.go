@@ -33,6 +33,9 @@ type agent struct {
 	Dir         string
 	IP          string
 	KubeletPort int
+	// NetFlags select the pod network and service proxy; nil: host
+	// networking with the userspace proxy.
+	NetFlags []string
 
 	cmd    *exec.Cmd
 	logf   *os.File
@@ -47,6 +50,11 @@ var joinLine = regexp.MustCompile(`--server (\S+) --token (\S+) --ca-cert-hash (
 // waits until every Node is Ready. The agents stop (and kill their pods)
 // when stop is called; the error lists agents that failed to start.
 func startAgents(h *hub, dir string, n int) ([]*agent, error) {
+	return startAgentsWith(h, dir, n, nil)
+}
+
+// startAgentsWith is startAgents with netFlags for every agent.
+func startAgentsWith(h *hub, dir string, n int, netFlags []string) ([]*agent, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, tetherBin, "token", "create", "--kubeconfig", h.Kubeconfig,
@@ -60,7 +68,7 @@ func startAgents(h *hub, dir string, n int) ([]*agent, error) {
 	}
 	var agents []*agent
 	for i := 1; i <= n; i++ {
-		a := &agent{Name: "n" + strconv.Itoa(i), Dir: filepath.Join(dir, "n"+strconv.Itoa(i)), IP: "127.0.0." + strconv.Itoa(i+1)}
+		a := &agent{Name: "n" + strconv.Itoa(i), Dir: filepath.Join(dir, "n"+strconv.Itoa(i)), IP: "127.0.0." + strconv.Itoa(i+1), NetFlags: netFlags}
 		if a.KubeletPort, err = freePortOn(a.IP); err != nil {
 			stopAgents(agents)
 			return nil, err
@@ -102,9 +110,16 @@ func (a *agent) start(server, token, caHash string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(tetherBin, "agent", "--server", server, "--token", token, "--ca-cert-hash", caHash,
+	netFlags := a.NetFlags
+	if netFlags == nil {
+		// The node-path tests run host-network pods (listening on the node
+		// address); pods with their own network namespace and the kernel
+		// service proxy are tested in podnet_test.go.
+		netFlags = []string{"--pod-network=host", "--service-proxy=userspace"}
+	}
+	cmd := exec.Command(tetherBin, append([]string{"agent", "--server", server, "--token", token, "--ca-cert-hash", caHash,
 		"--node-name", a.Name, "--data-dir", a.Dir, "--node-ip", a.IP, "--kubelet-address", a.IP,
-		"--kubelet-port", strconv.Itoa(a.KubeletPort), "--stop-pods-on-exit")
+		"--kubelet-port", strconv.Itoa(a.KubeletPort), "--stop-pods-on-exit"}, netFlags...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "HOME="+a.Dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -38,6 +38,8 @@ type hub struct {
 	ServiceCIDR string
 	// Args are extra flags for `tether up`.
 	Args []string
+	// ClusterCIDR, if set, is passed as --cluster-cidr.
+	ClusterCIDR string
 
 	mu  sync.Mutex
 	run *run // nil when not running
@@ -105,6 +107,9 @@ func (h *hub) Start() error {
 		args = append(args, "--service-cluster-ip-range", h.ServiceCIDR)
 	}
 	args = append(args, h.Args...)
+	if h.ClusterCIDR != "" {
+		args = append(args, "--cluster-cidr", h.ClusterCIDR)
+	}
 	cmd := exec.Command(tetherBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "HOME="+h.Dir)

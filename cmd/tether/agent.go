@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"time"
 
@@ -21,6 +22,8 @@ func newAgentCmd() *cobra.Command {
 		verbose        bool
 		certLifetime   time.Duration
 		kubeletAddress string
+		clusterCIDR    string
+		serviceCIDR    string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -40,6 +43,19 @@ func newAgentCmd() *cobra.Command {
 				if cfg.NodeIP = net.ParseIP(nodeIP); cfg.NodeIP == nil {
 					return fmt.Errorf("--node-ip %q is not an IP address", nodeIP)
 				}
+			}
+			for _, c := range []struct {
+				flag, value string
+				dst         *netip.Prefix
+			}{{"--cluster-cidr", clusterCIDR, &cfg.ClusterCIDR}, {"--service-cidr", serviceCIDR, &cfg.ServiceCIDR}} {
+				if c.value == "" {
+					continue
+				}
+				p, err := netip.ParsePrefix(c.value)
+				if err != nil {
+					return fmt.Errorf("%s: %w", c.flag, err)
+				}
+				*c.dst = p.Masked()
 			}
 			cfg.CertificateLifetime = certLifetime
 			cfg.KubeletAddress = kubeletAddress
@@ -68,6 +84,10 @@ func newAgentCmd() *cobra.Command {
 	fs.StringVar(&kubeletAddress, "kubelet-address", "", "bind address of the kubelet API (default: all addresses)")
 	fs.StringVar(&cfg.Konnectivity, "konnectivity", "auto", "Konnectivity agent: auto (when the hub publishes a server), off, or host:port of the server's agent port")
 	fs.StringVar(&cfg.SSHEndpoint, "ssh-endpoint", "", "run the restricted SSH endpoint for the hub's SSH egress on this address, e.g. :2222 (default: off)")
+	fs.StringVar(&cfg.PodNetwork, "pod-network", "auto", "pod networking: netns (own network namespace and IP from the node's podCIDR per pod; root), host (pods share the node's network), or auto (netns as root, else host)")
+	fs.StringVar(&cfg.ServiceProxy, "service-proxy", "auto", "ClusterIP data path: nftables (kernel DNAT; root), userspace (listeners on the VIPs), or auto (nftables as root)")
+	fs.StringVar(&clusterCIDR, "cluster-cidr", "", "the cluster's pod range (the hub's --cluster-cidr): pods may reach it directly, and it gets an unreachable route here")
+	fs.StringVar(&serviceCIDR, "service-cidr", "", "the cluster's service range (the hub's --service-cluster-ip-range): gets an unreachable route here")
 	fs.BoolVar(&cfg.StopPodsOnExit, "stop-pods-on-exit", false, "kill all pods when the agent stops (default: pods keep running and are re-adopted)")
 	fs.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	return withConfig(cmd)

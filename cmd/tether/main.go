@@ -51,6 +51,7 @@ func subcommands() []*cobra.Command {
 		newKonnectivityServerCmd(),
 		newKonnectivityAgentCmd(),
 		newCheckCmd(),
+		newPodInitCmd(),
 	}
 }
 

@@ -54,10 +54,10 @@ func newUpCmd() *cobra.Command {
 	cmd.Flags().IntVar(&nodes, "nodes", 0, "number of node agents to start")
 	iso = addIsolateFlags(cmd.Flags())
 	ha = addHAFlags(cmd.Flags())
-	// A local cluster listens on loopback unless told otherwise, and its
-	// service VIPs are loopback addresses too, so the node agents' service
-	// proxy can serve them without root and nothing can leave the machine.
-	for flag, value := range map[string]string{"bind-address": "127.0.0.1", "service-cluster-ip-range": "127.96.0.0/16"} {
+	// A local cluster listens on loopback unless told otherwise; its service
+	// VIPs are loopback addresses without root (the userspace proxy serves
+	// them), a real range with root (kernel DNAT, see upServiceRange).
+	for flag, value := range map[string]string{"bind-address": "127.0.0.1", "service-cluster-ip-range": upServiceRange()} {
 		_ = cmd.Flags().Set(flag, value)
 		cmd.Flags().Lookup(flag).Changed = false
 		cmd.Flags().Lookup(flag).DefValue = value
@@ -168,6 +168,7 @@ func startNodes(ctx context.Context, out io.Writer, cfg hub.Config, servers []st
 			Server:      servers[0], Servers: servers[1:], NodeName: name, DataDir: filepath.Join(cfg.DataDir, "nodes", name),
 			Token: token, CACertFile: caFile, NodeIP: cfg.AdvertiseAddress, KubeletListener: ln,
 			StopPodsOnExit: true, Konnectivity: "auto",
+			ClusterCIDR: prefixOf(cfg.ClusterCIDR, hub.DefaultClusterCIDR), ServiceCIDR: prefixOf(cfg.ServiceClusterIPRange, ""),
 			Logger: cfg.Logger.With("node", name),
 		})
 		if err != nil {

@@ -90,6 +90,15 @@ type Config struct {
 	// Konnectivity is "auto" (zero value: run the Konnectivity agent when the
 	// hub publishes a server), "off", or an explicit host:port.
 	Konnectivity string
+	// PodNetwork is auto (zero value: netns as root, else host), netns (each
+	// pod gets its own network namespace with an IP of the node's podCIDR)
+	// or host (pods share the agent's network). ServiceProxy is auto (zero
+	// value: nftables as root, else userspace), nftables or userspace.
+	PodNetwork, ServiceProxy string
+	// ClusterCIDR and ServiceCIDR, when set, get `unreachable` routes in the
+	// agent's namespace (with the pod network) so that nothing addressed to
+	// them leaves the node; pods may reach ClusterCIDR without translation.
+	ClusterCIDR, ServiceCIDR netip.Prefix
 	// SSHEndpoint, when set (e.g. ":2222"), runs the restricted SSH endpoint
 	// for the hub's SSH egress (see internal/sshtunnel).
 	SSHEndpoint string
@@ -152,6 +161,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Server == "" && len(cfg.Servers) > 0 {
 		cfg.Server, cfg.Servers = cfg.Servers[0], cfg.Servers[1:]
+	}
+	if err := resolveNetworkModes(&cfg); err != nil {
+		return nil, fmt.Errorf("nodeagent: %w", err)
 	}
 	if cfg.KubeletPort == 0 {
 		cfg.KubeletPort = 10250
@@ -263,7 +275,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	// Service proxy.
-	svcProxy, err := servicenet.New(servicenet.Config{Client: client, Logger: a.log.With("component", "service-proxy")})
+	svcProxy, err := servicenet.New(servicenet.Config{Client: client, Kernel: a.kernelConfig(), Logger: a.log.With("component", "service-proxy")})
 	if err != nil {
 		return fmt.Errorf("nodeagent: %w", err)
 	}
@@ -271,8 +283,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Pod runtime.
 	pods := newPodSync(a, client)
 	pods.proxy = svcProxy
+	var podNet *podNetwork
+	var rtNet runtime.Network
+	if a.cfg.PodNetwork == PodNetworkNetns {
+		podNet = newPodNetwork(a, client)
+		rtNet = podNet
+		if a.cfg.StopPodsOnExit {
+			defer podNet.close() // runs when Run returns, after every part stopped
+		}
+	}
 	rt, err := runtime.New(runtime.Config{
-		Dir: a.cfg.DataDir, HostIP: a.cfg.NodeIP, OnChange: pods.enqueue,
+		Network: rtNet,
+		Dir:     a.cfg.DataDir, HostIP: a.cfg.NodeIP, OnChange: pods.enqueue,
 		Env: pods.serviceEnv, PrepareVolumes: pods.prepareVolumes,
 		BackoffBase: a.cfg.BackoffBase, BackoffMax: a.cfg.BackoffMax,
 		StopPodsOnExit: a.cfg.StopPodsOnExit,
@@ -353,6 +375,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	start("node-status", node.run)
 	start("lease", node.runLease)
 	start("pods", pods.run)
+	if podNet != nil {
+		start("pod-network", podNet.run)
+	}
 	if a.cfg.Konnectivity != "off" {
 		server := a.cfg.Konnectivity
 		if server == "auto" {

@@ -250,6 +250,9 @@ func TestAgentEndToEnd(t *testing.T) {
 		Server: h.Server(), NodeName: "n1", DataDir: filepath.Join(dir, "agent"), Kubeconfig: kc,
 		NodeIP: net.IPv4(127, 0, 0, 1), KubeletListener: ln, LeaseRenewInterval: time.Second,
 		BackoffBase: 100 * time.Millisecond, StopPodsOnExit: true,
+		// Host-network pods and the userspace proxy on loopback VIPs (a
+		// pod in its own network namespace has its own 127/8).
+		PodNetwork: PodNetworkHost, ServiceProxy: ServiceProxyUserspace,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	})
 	if err != nil {

@@ -20,7 +20,7 @@ func (r *Runtime) envFor(pod *corev1.Pod) []string {
 // containerEnv builds a container's environment: a minimal base, the
 // runtime's extras (service discovery), then the container's env in order
 // with $(VAR) expansion, as kubelet does.
-func containerEnv(pod *corev1.Pod, c *corev1.Container, hostIP net.IP, extra []string) (map[string]string, error) {
+func containerEnv(pod *corev1.Pod, c *corev1.Container, hostIP, podIP net.IP, extra []string) (map[string]string, error) {
 	env := map[string]string{
 		"PATH":     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HOSTNAME": pod.Name,
@@ -44,7 +44,7 @@ func containerEnv(pod *corev1.Pod, c *corev1.Container, hostIP net.IP, extra []s
 		if e.ValueFrom.FieldRef == nil {
 			return nil, fmt.Errorf("container %s: env %s: only fieldRef valueFrom is supported by the process runtime", c.Name, e.Name)
 		}
-		v, err := fieldValue(pod, e.ValueFrom.FieldRef.FieldPath, hostIP)
+		v, err := fieldValue(pod, e.ValueFrom.FieldRef.FieldPath, hostIP, podIP)
 		if err != nil {
 			return nil, fmt.Errorf("container %s: env %s: %w", c.Name, e.Name, err)
 		}
@@ -53,7 +53,7 @@ func containerEnv(pod *corev1.Pod, c *corev1.Container, hostIP net.IP, extra []s
 	return env, nil
 }
 
-func fieldValue(pod *corev1.Pod, path string, hostIP net.IP) (string, error) {
+func fieldValue(pod *corev1.Pod, path string, hostIP, podIP net.IP) (string, error) {
 	switch path {
 	case "metadata.name":
 		return pod.Name, nil
@@ -65,8 +65,10 @@ func fieldValue(pod *corev1.Pod, path string, hostIP net.IP) (string, error) {
 		return pod.Spec.NodeName, nil
 	case "spec.serviceAccountName":
 		return pod.Spec.ServiceAccountName, nil
-	case "status.hostIP", "status.podIP":
+	case "status.hostIP", "status.hostIPs":
 		return hostIP.String(), nil
+	case "status.podIP", "status.podIPs":
+		return podIP.String(), nil
 	}
 	if k, ok := strings.CutPrefix(path, "metadata.labels['"); ok {
 		return pod.Labels[strings.TrimSuffix(k, "']")], nil

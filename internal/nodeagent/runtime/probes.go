@@ -110,7 +110,7 @@ func (c *container) runProbe(ctx context.Context, pr *corev1.Probe, timeout time
 		}
 		host := pr.HTTPGet.Host
 		if host == "" {
-			host = "127.0.0.1"
+			host = c.w.probeHost()
 		}
 		scheme := strings.ToLower(string(pr.HTTPGet.Scheme))
 		if scheme == "" {
@@ -143,7 +143,7 @@ func (c *container) runProbe(ctx context.Context, pr *corev1.Probe, timeout time
 			return err
 		}
 		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(c.w.probeHost(), strconv.Itoa(port)))
 		if err != nil {
 			return err
 		}
@@ -165,4 +165,15 @@ func (c *container) resolvePort(p string) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("probe port %q not found", p)
+}
+
+// probeHost is where probes connect: the pod IP with its own network, the
+// node's loopback with host networking.
+func (w *podWorker) probeHost() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.podIP != nil {
+		return w.podIP.String()
+	}
+	return "127.0.0.1"
 }

@@ -47,6 +47,12 @@ type Config struct {
 	BackoffBase, BackoffMax time.Duration
 	// LogMaxBytes rotates a container log when it grows beyond; zero 10 MiB.
 	LogMaxBytes int64
+	// Network gives each pod its own network namespace (root only); nil:
+	// pods share the agent's network (status.podIP is HostIP).
+	Network Network
+	// InitPath is the tether binary whose hidden `pod-init` command starts
+	// containers in their pod's namespaces; zero: this executable.
+	InitPath string
 	// StopPodsOnExit kills every pod when Run returns (tests, `tether up`);
 	// by default pods outlive the agent and are adopted on restart.
 	StopPodsOnExit bool
@@ -85,6 +91,13 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	if cfg.LogMaxBytes <= 0 {
 		cfg.LogMaxBytes = 10 << 20
+	}
+	if cfg.InitPath == "" && (cfg.Network != nil || os.Geteuid() == 0) {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("runtime: pod init binary: %w", err)
+		}
+		cfg.InitPath = exe
 	}
 	if cfg.OnChange == nil {
 		cfg.OnChange = func(types.UID) {}
@@ -132,6 +145,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 			go func() {
 				defer wg.Done()
 				w.terminate(0)
+				if r.cfg.Network != nil {
+					r.cfg.Network.Remove(w.uid)
+				}
 			}()
 		}
 		wg.Wait()
@@ -195,6 +211,9 @@ func (r *Runtime) RemovePod(uid types.UID) {
 	}
 	w.terminate(0)
 	w.detach()
+	if r.cfg.Network != nil {
+		r.cfg.Network.Remove(uid)
+	}
 	_ = os.RemoveAll(w.dir)
 }
 
@@ -259,6 +278,15 @@ func (r *Runtime) find(namespace, name, uid string) *podWorker {
 		}
 	}
 	return best
+}
+
+// Network provides pod network namespaces.
+type Network interface {
+	// Add returns the path of pod uid's network namespace and its IP,
+	// creating them if needed (idempotent); an error keeps the pod Waiting.
+	Add(ctx context.Context, uid types.UID) (netnsPath string, ip net.IP, err error)
+	// Remove deletes pod uid's network.
+	Remove(uid types.UID)
 }
 
 // Volumes are what PrepareVolumes provides to a pod's containers.

@@ -16,6 +16,12 @@ func (w *podWorker) status() corev1.PodStatus {
 		StartTime: &w.startTime,
 		QOSClass:  corev1.PodQOSBestEffort,
 	}
+	switch {
+	case w.podIP != nil:
+		st.PodIP, st.PodIPs = w.podIP.String(), []corev1.PodIP{{IP: w.podIP.String()}}
+	case w.rt.cfg.Network != nil:
+		st.PodIP, st.PodIPs = "", nil // not assigned yet
+	}
 	for _, c := range w.inits {
 		st.InitContainerStatuses = append(st.InitContainerStatuses, c.statusLocked())
 	}

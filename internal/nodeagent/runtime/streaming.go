@@ -16,6 +16,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-dev/tether/internal/nodeagent/podnet"
 	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
 )
@@ -83,7 +85,7 @@ func (r *Runtime) execEnv(c *container) ([]string, string, error) {
 	pod := w.pod.DeepCopy()
 	extra := w.extraEnv
 	w.mu.Unlock()
-	env, err := containerEnv(pod, &c.spec, r.cfg.HostIP, append(r.envFor(pod), extra...))
+	env, err := containerEnv(pod, &c.spec, r.cfg.HostIP, w.podIPOrHost(), append(r.envFor(pod), extra...))
 	if err != nil {
 		return nil, "", err
 	}
@@ -127,13 +129,26 @@ func (r *Runtime) ExecInContainer(ctx context.Context, podName, uid, cname strin
 		return err
 	}
 	args := append([]string{path}, cmd[1:]...)
-	// Enter the container's mount namespace when it has one.
+	// Enter the container's namespaces (mount, network) when it has them.
 	c.w.mu.Lock()
-	mounts, proc := len(c.w.mounts) > 0, c.proc
+	mounts, proc, nsPath := len(c.w.mounts) > 0, c.proc, c.w.netns
 	c.w.mu.Unlock()
-	if mounts && proc != nil && os.Geteuid() == 0 {
-		if nsenter, err := exec.LookPath("nsenter"); err == nil {
-			args = append([]string{nsenter, "--target", strconv.Itoa(proc.pid), "--mount", "--"}, args...)
+	if (mounts || nsPath != "") && os.Geteuid() == 0 {
+		switch {
+		case proc != nil && mounts:
+			nsenter, err := exec.LookPath("nsenter")
+			if err != nil {
+				return fmt.Errorf("exec into a pod with its own mount namespace needs nsenter (util-linux): %w", err)
+			}
+			ns := []string{nsenter, "--target", strconv.Itoa(proc.pid), "--mount"}
+			if nsPath != "" {
+				ns = append(ns, "--net="+nsPath)
+			}
+			args = append(append(ns, "--"), args...)
+		default:
+			if wrapped, ok := r.withNamespaces(nsPath, nil, args); ok {
+				args = wrapped
+			}
 		}
 	}
 	command := exec.CommandContext(ctx, args[0], args[1:]...)
@@ -253,15 +268,23 @@ func (r *Runtime) PortForward(ctx context.Context, podName, uid string, port int
 	if err != nil {
 		return err
 	}
-	if r.find(ns, name, uid) == nil {
+	w := r.find(ns, name, uid)
+	if w == nil {
 		return fmt.Errorf("pod %s: %w", podName, ErrNotFound)
 	}
 	if port <= 0 || port > 65535 {
 		return fmt.Errorf("invalid port %d", port)
 	}
 	defer stream.Close()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+	// The pod's localhost: in its own network namespace, or the node's.
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	var conn net.Conn
+	if nsPath := w.podNetns(); nsPath != "" {
+		conn, err = podnet.DialIn(ctx, nsPath, "tcp", addr)
+	} else {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return fmt.Errorf("port-forward to %s port %d: %w", podName, port, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,6 +40,8 @@ type podWorker struct {
 	startTime   metav1.Time
 	extraEnv    []string
 	mounts      []Mount
+	netns       string // pod network namespace (own network only)
+	podIP       net.IP
 
 	terminating chan struct{}
 	termOnce    sync.Once
@@ -138,8 +141,24 @@ func (w *podWorker) run(ctx context.Context, adopted map[string]*containerState)
 			return
 		}
 	}
-	// Volumes and credentials, retried until they work.
+	// The pod's network, then volumes and credentials, retried until they
+	// work.
 	backoff := time.Second
+	for w.rt.cfg.Network != nil {
+		nsPath, ip, err := w.rt.cfg.Network.Add(ctx, w.uid)
+		if err == nil {
+			w.mu.Lock()
+			w.netns, w.podIP = nsPath, ip
+			w.mu.Unlock()
+			break
+		}
+		w.setWaiting("NetworkNotReady", err.Error())
+		if !w.sleep(ctx, backoff) {
+			return
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+	backoff = time.Second
 	for w.rt.cfg.PrepareVolumes != nil {
 		vols, err := w.rt.cfg.PrepareVolumes(ctx, w.snapshot())
 		if err == nil {
@@ -474,12 +493,13 @@ func (c *container) start() (*procEntry, error) {
 	pod := w.pod.DeepCopy()
 	extra := w.extraEnv
 	mounts := w.mounts
+	nsPath := w.netns
 	restarts := c.restartCount
 	if c.term != nil {
 		restarts++
 	}
 	w.mu.Unlock()
-	env, err := containerEnv(pod, &c.spec, w.rt.cfg.HostIP, append(w.rt.envFor(pod), extra...))
+	env, err := containerEnv(pod, &c.spec, w.rt.cfg.HostIP, w.podIPOrHost(), append(w.rt.envFor(pod), extra...))
 	if err != nil {
 		return nil, err
 	}
@@ -490,7 +510,7 @@ func (c *container) start() (*procEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	if wrapped, ok := withMounts(mounts, append([]string{path}, argv[1:]...)); ok {
+	if wrapped, ok := w.rt.withNamespaces(nsPath, mounts, append([]string{path}, argv[1:]...)); ok {
 		path, argv = wrapped[0], wrapped
 	}
 	sink, err := newLogSink(c.logPath(restarts), w.rt.cfg.LogMaxBytes)
@@ -643,25 +663,42 @@ func (c *container) saveState(st containerState) error {
 
 // ---- helpers ----
 
-// mountScript bind-mounts (read-only) each container path, then execs the
-// container's command; it runs in a fresh private mount namespace.
-const mountScript = `set -e; n=$1; shift; while [ "$n" -gt 0 ]; do mkdir -p "$1"; mount --bind "$2" "$1"; mount -o remount,bind,ro "$1"; shift 2; n=$((n-1)); done; exec "$@"`
-
-// withMounts wraps argv so that it runs in its own mount namespace with
-// mounts applied; only as root and with unshare(1) available.
-func withMounts(mounts []Mount, argv []string) ([]string, bool) {
-	if len(mounts) == 0 || os.Geteuid() != 0 {
+// withNamespaces wraps argv in `tether pod-init`, which enters the pod's
+// network namespace (if it has one) and a private mount namespace with the
+// mounts applied, then execs argv. Mounts need root; without it they are
+// skipped (containers find the files through Volumes.Env).
+func (r *Runtime) withNamespaces(nsPath string, mounts []Mount, argv []string) ([]string, bool) {
+	if os.Geteuid() != 0 {
+		mounts = nil
+	}
+	if nsPath == "" && len(mounts) == 0 {
 		return nil, false
 	}
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		return nil, false
+	out := []string{r.cfg.InitPath, "pod-init"}
+	if nsPath != "" {
+		out = append(out, "--netns", nsPath)
 	}
-	out := []string{unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", mountScript, "tether-mounts", strconv.Itoa(len(mounts))}
 	for _, m := range mounts {
-		out = append(out, m.ContainerPath, m.HostPath)
+		out = append(out, "--mount", m.ContainerPath+"="+m.HostPath)
 	}
-	return append(out, argv...), true
+	return append(append(out, "--"), argv...), true
+}
+
+// podIPOrHost is the pod's own IP, or the host's with host networking.
+func (w *podWorker) podIPOrHost() net.IP {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.podIP != nil {
+		return w.podIP
+	}
+	return w.rt.cfg.HostIP
+}
+
+// podNetns is the pod's network namespace path ("" with host networking).
+func (w *podWorker) podNetns() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.netns
 }
 
 func writeAtomic(path string, data []byte) error {

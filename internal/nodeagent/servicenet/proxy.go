@@ -4,10 +4,14 @@
 // ways (TLS, e.g. to the API server through the `kubernetes` Service, stays
 // end to end; nothing is terminated here).
 //
-// This is the userspace data path: a listener per service port on the
-// ClusterIP. It serves VIPs that are local addresses of the node (a loopback
-// service range such as 127.96.0.0/16 always is); VIPs that are not local
-// are reported as unavailable and skipped, never routed elsewhere.
+// Two data paths: the kernel one (Config.Kernel, root only) programs
+// nftables DNAT of ClusterIP:port to the endpoints for traffic from the
+// pods (prerouting) and from the node (output), as kube-proxy's nftables
+// mode does; the userspace one listens on each ClusterIP:port and copies
+// bytes. The userspace path serves VIPs that are local addresses of the
+// node (a loopback service range such as 127.96.0.0/16 always is); VIPs
+// that are not local are reported as unavailable and skipped, never routed
+// elsewhere.
 package servicenet
 
 import (
@@ -33,7 +37,9 @@ type Config struct {
 	Client kubernetes.Interface
 	// DialTimeout to endpoints; zero 10s.
 	DialTimeout time.Duration
-	Logger      *slog.Logger
+	// Kernel selects the nftables data path; nil: userspace.
+	Kernel *Kernel
+	Logger *slog.Logger
 }
 
 // Proxy forwards ClusterIP traffic to endpoints.
@@ -48,6 +54,7 @@ type Proxy struct {
 	active    map[net.Conn]struct{}
 	changed   chan struct{}
 	wg        sync.WaitGroup
+	kernel    *kernelPath
 }
 
 type portProxy struct {
@@ -96,6 +103,15 @@ func (p *Proxy) Changed() <-chan struct{} {
 
 // Run watches Services and Endpoints and proxies until ctx ends.
 func (p *Proxy) Run(ctx context.Context) error {
+	if p.cfg.Kernel != nil {
+		k, err := newKernelPath(*p.cfg.Kernel)
+		if err != nil {
+			return err
+		}
+		p.kernel = k
+		defer k.close()
+		p.log.Info("service proxy: kernel data path (nftables)", "table", p.cfg.Kernel.Table)
+	}
 	factory := informers.NewSharedInformerFactory(p.cfg.Client, 0)
 	svcInf := factory.Core().V1().Services().Informer()
 	epInf := factory.Core().V1().Endpoints().Informer()
@@ -155,6 +171,10 @@ func (p *Proxy) reconcile(svcs, eps cache.Indexer) {
 			owner[key] = svc.Namespace + "/" + svc.Name
 		}
 	}
+	if p.kernel != nil {
+		p.reconcileKernel(want, owner)
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for key, pp := range p.listeners {
@@ -188,6 +208,30 @@ func (p *Proxy) reconcile(svcs, eps cache.Indexer) {
 			addrs[owner[key]] = key
 		}
 	}
+	p.addrs = addrs
+	if !mapsEqual(serving, p.serving) {
+		p.serving = serving
+		close(p.changed)
+		p.changed = make(chan struct{})
+	}
+}
+
+// reconcileKernel programs the kernel data path for want.
+func (p *Proxy) reconcileKernel(want map[string][]string, owner map[string]string) {
+	if err := p.kernel.apply(targetsFrom(want)); err != nil {
+		p.log.Error("service proxy: programming nftables failed", "err", err)
+		return
+	}
+	serving, addrs := map[string]bool{}, map[string]string{}
+	for key, backends := range want {
+		o := owner[key]
+		serving[o] = serving[o] || len(backends) > 0
+		if len(backends) > 0 && (addrs[o] == "" || key < addrs[o]) {
+			addrs[o] = key
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.addrs = addrs
 	if !mapsEqual(serving, p.serving) {
 		p.serving = serving
