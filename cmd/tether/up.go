@@ -168,6 +168,9 @@ func startNodes(ctx context.Context, out io.Writer, cfg hub.Config, servers []st
 			Server:      servers[0], Servers: servers[1:], NodeName: name, DataDir: filepath.Join(cfg.DataDir, "nodes", name),
 			Token: token, CACertFile: caFile, NodeIP: cfg.AdvertiseAddress, KubeletListener: ln,
 			StopPodsOnExit: true, Konnectivity: "auto",
+			// In-process agents share this process's network namespace: pods
+			// run on the host network; the service proxy is nftables as root.
+			PodNetwork:  nodeagent.PodNetworkHost,
 			ClusterCIDR: prefixOf(cfg.ClusterCIDR, hub.DefaultClusterCIDR), ServiceCIDR: prefixOf(cfg.ServiceClusterIPRange, ""),
 			Logger: cfg.Logger.With("node", name),
 		})
