@@ -218,7 +218,10 @@ func (u *isoUp) run(ctx context.Context) (err error) {
 		}
 		args := []string{"agent", "--server", server, "--token", token, "--ca-cert", filepath.Join(hubDir, "pki", "ca.crt"),
 			"--node-name", n.Name, "--data-dir", ndir, "--node-ip", n.IP.String(), "--kubelet-address", n.IP.String(),
-			"--kubelet-port", "10250", "--stop-pods-on-exit"}
+			"--kubelet-port", "10250", "--stop-pods-on-exit",
+			// The isolated workload runs host-network pods (on the node
+			// address); --pod-network=netns works here too (see docs/node-agent.md).
+			"--pod-network=host"}
 		if mode == egress.ModeSSH {
 			args = append(args, "--ssh-endpoint", net.JoinHostPort(n.IP.String(), strconv.Itoa(u.cfg.SSH.Port)))
 		}

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
+	clientretry "k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
 	"github.com/tether-dev/tether/internal/version"
@@ -95,8 +96,14 @@ func (n *nodeStatus) run(ctx context.Context) error {
 	}
 }
 
-// postStatus writes addresses, capacity, node info and conditions.
+// postStatus writes addresses, capacity, node info and conditions,
+// re-reading the Node when someone else (e.g. the hub's IPAM controller
+// setting spec.podCIDR) changed it in between.
 func (n *nodeStatus) postStatus(ctx context.Context) error {
+	return clientretry.RetryOnConflict(clientretry.DefaultRetry, func() error { return n.postStatusOnce(ctx) })
+}
+
+func (n *nodeStatus) postStatusOnce(ctx context.Context) error {
 	node, err := n.client.CoreV1().Nodes().Get(ctx, n.a.cfg.NodeName, metav1.GetOptions{})
 	if err != nil {
 		return err
