@@ -285,6 +285,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	pods.proxy = svcProxy
 	var podNet *podNetwork
 	var rtNet runtime.Network
+	if a.cfg.PodNetwork == PodNetworkHost && a.cfg.ServiceProxy == ServiceProxyNftables {
+		// Root with host-network pods: the cluster and service ranges still
+		// get unreachable routes (a VIP without endpoints never leaves).
+		if remove, err := a.hostUnreachable(); err != nil {
+			return fmt.Errorf("nodeagent: %w", err)
+		} else if remove != nil {
+			defer remove()
+		}
+	}
 	if a.cfg.PodNetwork == PodNetworkNetns {
 		podNet = newPodNetwork(a, client)
 		rtNet = podNet

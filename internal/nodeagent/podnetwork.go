@@ -203,3 +203,19 @@ func (p *podNetwork) close() {
 		n.Close()
 	}
 }
+
+// hostUnreachable adds the unreachable routes for ClusterCIDR and
+// ServiceCIDR when pods use the host network (with a pod network, podnet's
+// Setup does it); nil when neither is set.
+func (a *Agent) hostUnreachable() (func(), error) {
+	var ps []netip.Prefix
+	for _, c := range []netip.Prefix{a.cfg.ClusterCIDR, a.cfg.ServiceCIDR} {
+		if c.IsValid() {
+			ps = append(ps, c)
+		}
+	}
+	if len(ps) == 0 {
+		return nil, nil
+	}
+	return podnet.AddUnreachable(a.cfg.DataDir, ps, a.log.With("component", "routes"))
+}

@@ -430,6 +430,11 @@ func (n *Network) Close() {
 	if br, err := n.h.LinkByName(n.bridge); err == nil {
 		_ = n.h.LinkDel(br)
 	}
+	n.removeRoutes()
+	n.h.Close()
+}
+
+func (n *Network) removeRoutes() {
 	for _, p := range n.added {
 		dst := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
 		if err := n.h.RouteDel(&netlink.Route{Dst: dst, Type: unix.RTN_UNREACHABLE, Table: unix.RT_TABLE_MAIN}); err != nil {
@@ -438,5 +443,30 @@ func (n *Network) Close() {
 	}
 	n.added = nil
 	_ = os.Remove(filepath.Join(n.stateDir(), "routes"))
-	n.h.Close()
+}
+
+// AddUnreachable adds (without a pod network: host-network pods) the
+// unreachable routes for prefixes that are missing, recorded under dataDir
+// like Setup does; the returned func removes the ones this agent added.
+func AddUnreachable(dataDir string, prefixes []netip.Prefix, log *slog.Logger) (func(), error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("podnet: netlink: %w", err)
+	}
+	n := &Network{cfg: Config{DataDir: dataDir, Unreachable: prefixes}, log: log, h: h}
+	if err := os.MkdirAll(n.stateDir(), 0o700); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("podnet: %w", err)
+	}
+	if err := n.addUnreachable(); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return func() {
+		n.removeRoutes()
+		h.Close()
+	}, nil
 }
