@@ -487,6 +487,12 @@ func startAgentOr(t *testing.T, ctx context.Context, cfg Config, onTimeout func(
 	if cfg.NodeIP == nil {
 		cfg.NodeIP = net.IPv4(127, 0, 0, 1)
 	}
+	// These tests are about joining and credentials: host-network pods and
+	// the userspace proxy, so that no bridge or namespace outlives a test
+	// (pods, and with them their networks, outlive an agent by design).
+	if cfg.PodNetwork == "" {
+		cfg.PodNetwork, cfg.ServiceProxy = PodNetworkHost, ServiceProxyUserspace
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
