@@ -650,7 +650,7 @@ func TestUpHA(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "ha.prefix"), []byte(prefix+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(tetherBin, "up", "--hubs", "3", "--etcd-members", "3", "--nodes", "1", "--data-dir", dir)
+	cmd := exec.Command(tetherBin, "up", "--hubs", "3", "--etcd-members", "3", "--nodes", "1", "--egress", "konnectivity", "--data-dir", dir)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "HOME="+dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -709,5 +709,23 @@ func TestUpHA(t *testing.T) {
 	l, err := cs.CoordinationV1().Leases("kube-system").Get(context.Background(), "tether-controller-manager", metav1.GetOptions{})
 	if err != nil || l.Spec.HolderIdentity == nil {
 		t.Fatalf("controller lease: %v", err)
+	}
+	// Konnectivity egress with three replicas: the node's agent connects to
+	// every replica's server, so the node proxy works on each hub (asked
+	// directly, not through the load balancer).
+	for _, ip := range []string{prefix + ".1", prefix + ".2", prefix + ".3"} {
+		rc2 := rest.CopyConfig(rc)
+		rc2.Host = "https://" + ip + ":6443"
+		cs2 := kubernetes.NewForConfigOrDie(rc2)
+		eventually(t, 60*time.Second, "node proxy through the Konnectivity server of hub "+ip, func() error {
+			body, err := cs2.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes/node-1/proxy/healthz").DoRaw(context.Background())
+			if err != nil {
+				return err
+			}
+			if string(body) != "ok" {
+				return fmt.Errorf("healthz: %q", body)
+			}
+			return nil
+		})
 	}
 }

@@ -94,8 +94,8 @@ func (f *haFlags) run(ctx context.Context, out io.Writer, cfg hub.Config, nodes 
 		return errors.New("--nodes must be >= 0")
 	case len(cfg.EtcdServers) > 0:
 		return errors.New("--etcd-members starts its own etcd cluster; leave out --etcd-servers (or run `tether server --etcd-servers` replicas yourself)")
-	case f.hubs > 1 && (cfg.Egress.Mode != "" && cfg.Egress.Mode != egress.ModeDirect || cfg.Egress.SelectorConfigFile != ""):
-		return errors.New("--hubs > 1 supports --egress=direct only for now (each replica would run its own Konnectivity server or SSH key)")
+	case f.hubs > 1 && (cfg.Egress.Mode == egress.ModeSSH || cfg.Egress.SelectorConfigFile != ""):
+		return errors.New("--hubs > 1 supports --egress=direct or konnectivity (each replica would have its own SSH key)")
 	case cfg.CACertFile != "" || cfg.ServingCertFile != "" || cfg.ServiceAccountKeyFile != "":
 		return errors.New("--hubs/--etcd-members generate the shared PKI under --data-dir; operator-provided keys are for `tether server`")
 	}

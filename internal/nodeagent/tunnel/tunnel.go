@@ -2,7 +2,10 @@
 // egress is Konnectivity (the kube-public/tether-konnectivity ConfigMap), the
 // node dials out to the hub's Konnectivity server with its own node client
 // certificate and serves the hub's connections to this node's kubelet and
-// pods — so the hub never needs a route to the node.
+// pods — so the hub never needs a route to the node. With several hub
+// replicas (each with its own in-process Konnectivity server) the agent
+// connects to every live replica listed in the `kubernetes` Endpoints, so a
+// dial from any replica reaches the node and a replica's death costs nothing.
 package tunnel
 
 import (
@@ -12,7 +15,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"slices"
+	"sort"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -71,44 +77,97 @@ func New(cfg Config) (*Tunnel, error) {
 	return &Tunnel{cfg: cfg}, nil
 }
 
-// discover returns the published server address, or "" when the hub does
-// not use Konnectivity.
-func (t *Tunnel) discover(ctx context.Context) (string, error) {
+// discover returns the Konnectivity servers to connect to, or nil when the
+// hub does not use Konnectivity: the published address and, when it is
+// collocated with the API server (same host as an address of the
+// `kubernetes` Endpoints), the same port on every live replica.
+func (t *Tunnel) discover(ctx context.Context) ([]string, error) {
 	if t.cfg.Server != "" {
-		return t.cfg.Server, nil
+		return []string{t.cfg.Server}, nil
 	}
 	cm, err := t.cfg.Client.CoreV1().ConfigMaps(ConfigMapNamespace).Get(ctx, ConfigMapName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return "", nil
+		return nil, nil
 	}
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	return cm.Data["server"], nil
+	server := cm.Data["server"]
+	host, port, err := net.SplitHostPort(server)
+	if err != nil {
+		return nil, fmt.Errorf("published konnectivity server %q: %w", server, err)
+	}
+	ep, err := t.cfg.Client.CoreV1().Endpoints(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		t.cfg.Logger.Debug("konnectivity discovery: kubernetes Endpoints", "err", err)
+		return []string{server}, nil
+	}
+	var replicas []string
+	collocated := false
+	for _, ss := range ep.Subsets {
+		for _, a := range ss.Addresses {
+			replicas = append(replicas, net.JoinHostPort(a.IP, port))
+			collocated = collocated || a.IP == host
+		}
+	}
+	if !collocated {
+		return []string{server}, nil
+	}
+	sort.Strings(replicas)
+	return replicas, nil
 }
 
 // Run waits until the hub publishes a server, then keeps the agent connected
-// until ctx ends.
+// to every discovered server until ctx ends, restarting it with the new set
+// when a replica appears.
 func (t *Tunnel) Run(ctx context.Context) error {
-	var server string
+	var running []string
+	var stop context.CancelFunc = func() {}
+	done := make(chan error, 1)
+	defer func() {
+		stop()
+		if running != nil {
+			<-done
+		}
+	}()
 	for {
-		s, err := t.discover(ctx)
+		servers, err := t.discover(ctx)
 		if err != nil && ctx.Err() == nil {
 			t.cfg.Logger.Debug("konnectivity discovery", "err", err)
 		}
-		if s != "" {
-			server = s
-			break
+		// Restart only when a server appears: a replica that left is just
+		// retried by the agent, so live tunnels through the others survive.
+		if len(servers) > 0 && slices.ContainsFunc(servers, func(s string) bool { return !slices.Contains(running, s) }) {
+			if running != nil {
+				stop()
+				<-done
+				t.cfg.Logger.Info("konnectivity servers changed", "servers", servers)
+			}
+			a, err := t.newAgent(servers)
+			if err != nil {
+				return err
+			}
+			actx, cancel := context.WithCancel(ctx)
+			stop, running = cancel, servers
+			go func() { done <- a.Run(actx) }()
 		}
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-done:
+			running = nil
+			if err != nil {
+				return err
+			}
 		case <-time.After(t.cfg.PollInterval):
 		}
 	}
+}
+
+func (t *Tunnel) newAgent(servers []string) (*agent.Agent, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(t.cfg.CAPEM) {
-		return errors.New("tunnel: no CA certificate")
+		return nil, errors.New("tunnel: no CA certificate")
 	}
 	certFile := t.cfg.CertFile
 	tc := &tls.Config{
@@ -135,15 +194,15 @@ func (t *Tunnel) Run(ctx context.Context) error {
 	allowed = append(allowed, t.cfg.PodCIDRs...)
 	a, err := agent.New(agent.Config{
 		Logger:              t.cfg.Logger.With("component", "konnectivity-agent"),
-		Servers:             []string{server},
+		Servers:             servers,
 		TLS:                 tc,
 		AgentID:             t.cfg.NodeName,
 		Identifiers:         ids,
 		AllowedDestinations: allowed,
 	})
 	if err != nil {
-		return fmt.Errorf("tunnel: %w", err)
+		return nil, fmt.Errorf("tunnel: %w", err)
 	}
-	t.cfg.Logger.Info("konnectivity agent dialling out", "server", server, "node", t.cfg.NodeName)
-	return a.Run(ctx)
+	t.cfg.Logger.Info("konnectivity agent dialling out", "servers", servers, "node", t.cfg.NodeName)
+	return a, nil
 }
