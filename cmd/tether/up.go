@@ -221,7 +221,13 @@ func printStatus(ctx context.Context, out io.Writer, cfg hub.Config, h *hub.Hub)
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	defer w.Flush()
 	fmt.Fprintf(w, "\nHUB\t%s\tegress=%s\tkubeconfig=%s\n", h.Server(), mode, h.AdminKubeconfig())
-	rc, err := clientcmd.BuildConfigFromFlags("", h.AdminKubeconfig())
+	printNodes(ctx, w, h.AdminKubeconfig())
+}
+
+// printNodes adds a NODE row per node (name, readiness, kubelet endpoint),
+// as the API reports them, to a status table.
+func printNodes(ctx context.Context, w io.Writer, kubeconfig string) {
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return
 	}

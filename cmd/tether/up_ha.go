@@ -15,10 +15,6 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tether-dev/tether/internal/egress"
 	"github.com/tether-dev/tether/internal/hub"
@@ -294,26 +290,5 @@ func printHAStatus(ctx context.Context, out io.Writer, kubeconfig, lbURL string,
 	for _, e := range etcd {
 		fmt.Fprintf(w, "ETCD\t%s\n", e)
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return
-	}
-	c, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return
-	}
-	nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		fmt.Fprintf(w, "NODES\tcould not list: %v\n", err)
-		return
-	}
-	for _, n := range nodes.Items {
-		ready := "NotReady"
-		for _, cond := range n.Status.Conditions {
-			if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
-				ready = "Ready"
-			}
-		}
-		fmt.Fprintf(w, "NODE\t%s\t%s\n", n.Name, ready)
-	}
+	printNodes(ctx, w, kubeconfig)
 }
