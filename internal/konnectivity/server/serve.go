@@ -149,7 +149,11 @@ func (s *Server) Run(ctx context.Context, lc ListenConfig) error {
 			m := s.newAgentMux(l, lc.AgentTLS)
 			l = m
 			listeners = append(listeners, m)
-			s.rawListener.Store(true)
+			// Raw connections pay off when the frontend side is raw bytes
+			// too (HTTP CONNECT). A gRPC frontend re-frames them into DATA
+			// packets of one TLS record each, slower than conn-streams'
+			// large packets (measured: 0.32 vs 0.42 of direct TLS).
+			s.rawListener.Store(lc.Mode == ModeHTTPConnect)
 			opts = append(opts, grpc.Creds(handshaken{}))
 		} else {
 			s.log.Warn("INSECURE: agent listener is plaintext TCP", "addr", l.Addr().String())
