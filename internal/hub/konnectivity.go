@@ -90,9 +90,11 @@ func (h *Hub) newKonnectivity(cluster *pki.Cluster, servingChain string, nodes f
 		srv: srv,
 		uds: uds,
 		listen: server.ListenConfig{
-			// HTTP CONNECT on the in-process socket: the hub's own dialer
-			// gets raw bytes (no DATA packets on this leg).
-			Mode:      server.ModeHTTPConnect,
+			// gRPC on the in-process socket: unlike HTTP CONNECT over a Unix
+			// socket it can tell the hub's dialer that a connection ended
+			// abnormally (a socket cannot carry a reset), so a truncated
+			// transfer never looks complete.
+			Mode:      server.ModeGRPC,
 			UDSName:   uds,
 			AgentAddr: net.JoinHostPort(bind.String(), strconv.Itoa(port)),
 			AgentTLS: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert},
@@ -104,7 +106,7 @@ func (h *Hub) newKonnectivity(cluster *pki.Cluster, servingChain string, nodes f
 
 // dialer is the frontend the egress selector uses.
 func (k *konnectivity) dialer() client.Config {
-	return client.Config{Mode: client.ModeHTTPConnect, UDSName: k.uds}
+	return client.Config{Mode: client.ModeGRPC, UDSName: k.uds}
 }
 
 // entitled: a node's agent must use the node's name as agentID and announce

@@ -130,22 +130,29 @@ func TestEndpointResetReachesClientAsError(t *testing.T) {
 		t.Fatal(err)
 	}
 	backend := konnectivitytest.NewBackend(t)
-	e := startOurServer(t, pki, serverOpts{})
-	startOurAgent(t, e, agentOpts{id: "a1"})
-	d := newDialer(t, e, frontendKind{})
-	c, err := d.DialContext(context.Background(), "tcp", backend.Addr())
-	if err != nil {
-		t.Fatal(err)
+	// gRPC mode carries the connection on a conn-stream, HTTP CONNECT on a
+	// raw connection: a reset must surface as an error on both. (HTTP
+	// CONNECT uses the mTLS TCP frontend: a Unix socket cannot carry a reset.)
+	for _, mode := range []string{server.ModeGRPC, server.ModeHTTPConnect} {
+		t.Run(mode, func(t *testing.T) {
+			e := startOurServer(t, pki, serverOpts{mode: mode})
+			startOurAgent(t, e, agentOpts{id: "a1"})
+			d := newDialer(t, e, frontendKind{tcp: mode == server.ModeHTTPConnect})
+			c, err := d.DialContext(context.Background(), "tcp", backend.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := konnectivitytest.Command(c, konnectivitytest.CmdReset, 4<<20); err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.Copy(io.Discard, c)
+			if err == nil {
+				t.Fatalf("reset endpoint ended cleanly after %d bytes", n)
+			}
+			t.Logf("after %d bytes: %v", n, err)
+		})
 	}
-	defer c.Close()
-	if err := konnectivitytest.Command(c, konnectivitytest.CmdReset, 4<<20); err != nil {
-		t.Fatal(err)
-	}
-	n, err := io.Copy(io.Discard, c)
-	if err == nil {
-		t.Fatalf("reset endpoint ended cleanly after %d bytes", n)
-	}
-	t.Logf("after %d bytes: %v", n, err)
 }
 
 // TestAgentKilledMidTransfer cuts the agent's connection without letting the

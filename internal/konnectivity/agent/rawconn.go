@@ -171,6 +171,7 @@ func (s *session) serveRaw(raw, conn net.Conn) {
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
 			resetConn(dst)
+			return
 		}
 		_ = dst.Close()
 	}
@@ -197,7 +198,8 @@ func (s *session) serveRaw(raw, conn net.Conn) {
 // onlyReader hides WriterTo/ReaderFrom so io.CopyBuffer uses the buffer.
 type onlyReader struct{ io.Reader }
 
-// resetConn makes Close send a TCP reset.
+// resetConn closes c with a TCP reset. For TLS it closes the underlying
+// connection without close_notify, which the peer would read as a clean end.
 func resetConn(c net.Conn) {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
@@ -205,4 +207,5 @@ func resetConn(c net.Conn) {
 	if tcp, ok := c.(*net.TCPConn); ok {
 		_ = tcp.SetLinger(0)
 	}
+	_ = c.Close()
 }

@@ -191,16 +191,3 @@ func (s *Server) readRaw(t *tunnel, c net.Conn) {
 		return
 	}
 }
-
-// closeRaw closes a raw connection, with a reset when reset is set so the
-// agent sees an abnormal end.
-func closeRaw(c net.Conn, reset bool) {
-	if reset {
-		if tc, ok := c.(*tls.Conn); ok {
-			if nc, ok := tc.NetConn().(*net.TCPConn); ok {
-				_ = nc.SetLinger(0)
-			}
-		}
-	}
-	_ = c.Close()
-}

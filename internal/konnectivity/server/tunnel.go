@@ -258,7 +258,7 @@ func (s *Server) finish(t *tunnel, err error, fast bool) {
 	close(t.done)
 	if raw != nil {
 		t.dataMu.Lock() // no write in progress
-		closeRaw(raw, err != nil)
+		closeConn(raw, err != nil)
 		t.dataMu.Unlock()
 	}
 	s.mu.Lock()
@@ -332,7 +332,7 @@ func (t *tunnel) sendRaw(raw net.Conn, pkt *client.Packet) error {
 			return fmt.Errorf("send to agent: %w", err)
 		}
 	case client.PacketType_CLOSE_REQ:
-		closeRaw(raw, false)
+		closeConn(raw, false)
 	}
 	return nil
 }
