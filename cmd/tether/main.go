@@ -52,6 +52,7 @@ func subcommands() []*cobra.Command {
 		newKonnectivityAgentCmd(),
 		newCheckCmd(),
 		newPodInitCmd(),
+		newEtcdCmd(),
 	}
 }
 

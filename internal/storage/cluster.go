@@ -73,6 +73,9 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 	if err := issue(ca, pki.CertSpec{CommonName: "tether-apiserver-etcd-client", Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, filepath.Join(dir, "client")); err != nil {
 		return nil, err
 	}
+	if err := c.saveLayout(); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 

@@ -33,8 +33,9 @@ type Config struct {
 type LB struct {
 	cfg  Config
 	mu   sync.Mutex
-	next int
-	down map[string]time.Time
+	next   int
+	down   map[string]time.Time
+	active map[string]int
 }
 
 // New validates cfg.
@@ -56,11 +57,33 @@ func New(cfg Config) (*LB, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &LB{cfg: cfg, down: map[string]time.Time{}}, nil
+	return &LB{cfg: cfg, down: map[string]time.Time{}, active: map[string]int{}}, nil
 }
 
 // Addr is the listening address.
 func (l *LB) Addr() net.Addr { return l.cfg.Listener.Addr() }
+
+// Active reports the open client connections per backend (backends with
+// none are left out), so an operator or a test can see which replica
+// carries a long-lived stream.
+func (l *LB) Active() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]int, len(l.active))
+	for b, n := range l.active {
+		out[b] = n
+	}
+	return out
+}
+
+func (l *LB) track(backend string, delta int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.active[backend] += delta
+	if l.active[backend] <= 0 {
+		delete(l.active, backend)
+	}
+}
 
 // Run accepts connections until ctx ends, then closes the listener and every
 // open connection.
@@ -127,6 +150,7 @@ func (l *LB) mark(backend string, ok bool) {
 func (l *LB) serve(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	var b net.Conn
+	var to string
 	for _, backend := range l.order() {
 		d := net.Dialer{Timeout: l.cfg.DialTimeout}
 		conn, err := d.DialContext(ctx, "tcp", backend)
@@ -136,13 +160,15 @@ func (l *LB) serve(ctx context.Context, c net.Conn) {
 			continue
 		}
 		l.mark(backend, true)
-		b = conn
+		b, to = conn, backend
 		break
 	}
 	if b == nil {
 		return
 	}
 	defer b.Close()
+	l.track(to, 1)
+	defer l.track(to, -1)
 	stop := context.AfterFunc(ctx, func() { c.Close(); b.Close() })
 	defer stop()
 	done := make(chan struct{}, 2)

@@ -3,8 +3,12 @@ package tcplb
 import (
 	"bufio"
 	"context"
+	"io"
+	"maps"
 	"net"
+	"strings"
 	"testing"
+	"time"
 )
 
 // echo serves one line back, prefixed with its name.
@@ -94,4 +98,94 @@ func TestBadConfig(t *testing.T) {
 	if _, err := New(Config{Listener: ln, Backends: []string{"no-port"}}); err == nil {
 		t.Fatal("backend without port accepted")
 	}
+}
+
+// hold answers its name on every connection and keeps it open until the
+// client closes it.
+func hold(t *testing.T, name string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Write([]byte(name + "\n"))
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return ln
+}
+
+func TestActive(t *testing.T) {
+	a, b := hold(t, "a"), hold(t, "b")
+	addr := map[string]string{"a": a.Addr().String(), "b": b.Addr().String()}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := New(Config{Listener: ln, Backends: []string{addr["a"], addr["b"]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- lb.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	if got := lb.Active(); len(got) != 0 {
+		t.Fatalf("active before any client: %v", got)
+	}
+	// waitActive polls until Active equals want (the LB counts a
+	// connection once its backend answered and forgets it after both
+	// directions ended).
+	waitActive := func(want map[string]int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := lb.Active()
+			if maps.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Active() = %v, want %v", got, want)
+			}
+			time.Sleep(10 * time.Millisecond) // poll interval
+		}
+	}
+	var conns []net.Conn
+	want := map[string]int{}
+	for range 3 {
+		c, err := net.Dial("tcp", lb.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		name, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		want[addr[strings.TrimSpace(name)]]++
+		waitActive(want)
+	}
+	if len(want) != 2 {
+		t.Fatalf("three connections went to %v, want both backends", want)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	waitActive(map[string]int{})
 }
