@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tether-dev/tether/internal/nodeagent"
+	"github.com/tether-dev/tether/internal/tlspolicy"
 )
 
 // newAgentCmd is `tether agent`: the node agent (kubelet-compatible API,
@@ -24,6 +25,7 @@ func newAgentCmd() *cobra.Command {
 		kubeletAddress string
 		clusterCIDR    string
 		serviceCIDR    string
+		cipherSuites   []string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -59,6 +61,11 @@ func newAgentCmd() *cobra.Command {
 			}
 			cfg.CertificateLifetime = certLifetime
 			cfg.KubeletAddress = kubeletAddress
+			suites, err := tlspolicy.Parse("--tls-cipher-suites", cipherSuites)
+			if err != nil {
+				return err
+			}
+			cfg.TLSCipherSuites = suites
 			cfg.Logger = newLogger(verbose)
 			a, err := nodeagent.New(cfg)
 			if err != nil {
@@ -81,6 +88,7 @@ func newAgentCmd() *cobra.Command {
 	fs.IntVar(&cfg.KubeletPort, "kubelet-port", 10250, "HTTPS port of the kubelet API (there is no read-only port)")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "kubelet serving certificate to use instead of requesting one by kubelet-serving CSR (with --tls-private-key-file)")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-private-key-file", "", "key of --tls-cert-file")
+	fs.StringSliceVar(&cipherSuites, "tls-cipher-suites", nil, "TLS 1.2 cipher suites of the kubelet API (default: ECDHE with AES-GCM or ChaCha20-Poly1305 only; others warn)")
 	fs.StringVar(&kubeletAddress, "kubelet-address", "", "bind address of the kubelet API (default: all addresses)")
 	fs.StringVar(&cfg.Konnectivity, "konnectivity", "auto", "Konnectivity agent: auto (when the hub publishes a server), off, or host:port of the server's agent port")
 	fs.StringVar(&cfg.SSHEndpoint, "ssh-endpoint", "", "run the restricted SSH endpoint for the hub's SSH egress on this address, e.g. :2222 (default: off)")

@@ -27,6 +27,7 @@ import (
 	"github.com/tether-dev/tether/internal/konnectivity/leases"
 	kserver "github.com/tether-dev/tether/internal/konnectivity/server"
 	"github.com/tether-dev/tether/internal/konnectivity/wire"
+	"github.com/tether-dev/tether/internal/tlspolicy"
 )
 
 // konnectivityServerFlags mirrors upstream proxy-server's flags (same names
@@ -193,25 +194,6 @@ func tlsMinVersion(s string) (uint16, error) {
 	}
 }
 
-func cipherSuites(names []string) ([]uint16, error) {
-	if len(names) == 0 {
-		return nil, nil
-	}
-	byName := map[string]uint16{}
-	for _, c := range tls.CipherSuites() {
-		byName[c.Name] = c.ID
-	}
-	var ids []uint16
-	for _, n := range names {
-		id, ok := byName[n]
-		if !ok {
-			return nil, fmt.Errorf("--cipher-suites: unknown or insecure suite %q", n)
-		}
-		ids = append(ids, id)
-	}
-	return ids, nil
-}
-
 func loadPool(path string) (*x509.CertPool, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -240,7 +222,7 @@ func (f *konnectivityServerFlags) serverTLS(cert, key, ca, what string) (*tls.Co
 	if err != nil {
 		return nil, err
 	}
-	suites, err := cipherSuites(f.cipherSuites)
+	suites, err := tlspolicy.Parse("--cipher-suites", f.cipherSuites)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/tether-dev/tether/internal/hub"
 	konnectivityclient "github.com/tether-dev/tether/internal/konnectivity/client"
 	"github.com/tether-dev/tether/internal/storage"
+	"github.com/tether-dev/tether/internal/tlspolicy"
 )
 
 // hubFlags are the flags shared by `tether server` and `tether up`.
@@ -36,6 +37,7 @@ type hubFlags struct {
 	konnectivityPort                                    int
 	ssh                                                 hub.SSHConfig
 	tlsSANs                                             []string
+	cipherSuites                                        []string
 	leaderElection                                      hub.LeaderElectionConfig
 }
 
@@ -72,6 +74,7 @@ func (f *hubFlags) add(fs *pflag.FlagSet, defaultDataDir string) {
 	fs.BoolVar(&f.insecureKubeletTLS, "insecure-kubelet-tls", false, "INSECURE: do not verify kubelet serving certificates (Kubernetes' old default)")
 	fs.StringSliceVar(&f.kubeletAddressTypes, "kubelet-preferred-address-types", []string{"InternalIP", "ExternalIP"}, "node address types to reach kubelets by, in order")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "debug logging")
+	fs.StringSliceVar(&f.cipherSuites, "tls-cipher-suites", nil, "TLS 1.2 cipher suites of the API and Konnectivity agent ports (default: ECDHE with AES-GCM or ChaCha20-Poly1305 only; others warn)")
 	fs.StringSliceVar(&f.tlsSANs, "tls-san", nil, "more DNS names / IPs for the generated serving certificate (e.g. a load balancer in front of several replicas)")
 	fs.DurationVar(&f.leaderElection.LeaseDuration, "leader-elect-lease-duration", 8*time.Second, "controllers' leader election: how long a lease is valid")
 	fs.DurationVar(&f.leaderElection.RenewDeadline, "leader-elect-renew-deadline", 6*time.Second, "controllers' leader election: the leader gives up if it cannot renew within this")
@@ -121,6 +124,12 @@ func (f *hubFlags) config() (hub.Config, error) {
 	}
 	if f.ssh.Port <= 0 || f.ssh.Port > 65535 {
 		return cfg, fmt.Errorf("--ssh-port %d is out of range", f.ssh.Port)
+	}
+	if f.konnectivityPort <= 0 || f.konnectivityPort > 65535 {
+		return cfg, fmt.Errorf("--konnectivity-agent-port %d is out of range", f.konnectivityPort)
+	}
+	if cfg.CipherSuites, err = tlspolicy.Parse("--tls-cipher-suites", f.cipherSuites); err != nil {
+		return cfg, err
 	}
 	if f.securePort <= 0 || f.securePort > 65535 {
 		return cfg, fmt.Errorf("--secure-port %d is out of range", f.securePort)

@@ -58,6 +58,7 @@ import (
 
 	"github.com/tether-dev/tether/internal/apiserver/openapi"
 	"github.com/tether-dev/tether/internal/apiserver/registry"
+	"github.com/tether-dev/tether/internal/tlspolicy"
 	"github.com/tether-dev/tether/internal/version"
 )
 
@@ -75,6 +76,8 @@ type Config struct {
 	// ServingCertFile/ServingKeyFile: the hub serving certificate (chain).
 	// Required.
 	ServingCertFile, ServingKeyFile string
+	// CipherSuites for TLS 1.2; nil: tlspolicy.Default().
+	CipherSuites []uint16
 	// ClientCAFile verifies x509 client certificates. Required.
 	ClientCAFile string
 	// EtcdServers are etcd client URLs. Required.
@@ -214,7 +217,11 @@ func New(cfg Config) (srv *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("apiserver: serving cert: %w", err)
 	}
-	gc.SecureServing = &genericapiserver.SecureServingInfo{Listener: ln, Cert: serving, MinTLSVersion: tls.VersionTLS12}
+	suites := cfg.CipherSuites
+	if suites == nil {
+		suites = tlspolicy.Default()
+	}
+	gc.SecureServing = &genericapiserver.SecureServingInfo{Listener: ln, Cert: serving, MinTLSVersion: tls.VersionTLS12, CipherSuites: suites}
 	clientCA, err := dynamiccertificates.NewDynamicCAContentFromFile("client-ca", cfg.ClientCAFile)
 	if err != nil {
 		return nil, fmt.Errorf("apiserver: client CA: %w", err)

@@ -170,7 +170,8 @@ func (c *Checker) checkTLSVersions(ctx context.Context, e *env) {
 
 // weakSuites are the suites Go rates insecure (RC4, 3DES, CBC-SHA256) and
 // those without forward secrecy (static RSA key exchange). ECDHE suites with
-// CBC-SHA1 are Go's and Kubernetes' defaults; they are reported, not rated.
+// CBC-SHA1 are Go's and Kubernetes' defaults; tether's listeners refuse them
+// unless configured, and accepting them is a low-risk warning.
 func weakSuites() []*tls.CipherSuite {
 	var out []*tls.CipherSuite
 	out = append(out, tls.InsecureCipherSuites()...)
@@ -226,13 +227,18 @@ func (c *Checker) checkWeakCiphers(ctx context.Context, e *env) {
 	if len(cbc) > 0 {
 		note = "; accepts forward-secret CBC-SHA1 suites (Go and Kubernetes defaults): " + strings.Join(cbc, ", ")
 	}
+	const fix = "restrict --tls-cipher-suites to ECDHE AEAD suites (TLS_ECDHE_*_WITH_AES_*_GCM_SHA*, *_CHACHA20_POLY1305*; tether's default)"
 	switch {
 	case tried == 0 && lastErr != nil:
 		c.unknown(PathAPIServer, name, "hub", lastErr, "")
 	case len(accepted) > 0:
 		c.add(Finding{Path: PathAPIServer, Check: name, State: Warn, Risk: RiskMedium,
 			Evidence: fmt.Sprintf("%s accepted %d of %d weak suites offered alone: %s%s", e.host, len(accepted), tried, strings.Join(accepted, ", "), note),
-			Fix:      "restrict --tls-cipher-suites to ECDHE AEAD suites (TLS_ECDHE_*_WITH_AES_*_GCM_SHA*, *_CHACHA20_POLY1305*)"})
+			Fix:      fix})
+	case len(cbc) > 0:
+		c.add(Finding{Path: PathAPIServer, Check: name, State: Warn, Risk: RiskLow,
+			Evidence: fmt.Sprintf("%s refused all %d weak suites offered alone (RC4, 3DES, CBC-SHA256, static RSA key exchange)%s", e.host, tried, note),
+			Fix:      fix})
 	default:
 		c.add(Finding{Path: PathAPIServer, Check: name, State: Pass,
 			Evidence: fmt.Sprintf("%s refused all %d weak suites offered alone (RC4, 3DES, CBC-SHA256, static RSA key exchange)%s", e.host, tried, note)})

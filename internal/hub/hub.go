@@ -32,6 +32,7 @@ import (
 	"github.com/tether-dev/tether/internal/leader"
 	"github.com/tether-dev/tether/internal/pki"
 	"github.com/tether-dev/tether/internal/storage"
+	"github.com/tether-dev/tether/internal/tlspolicy"
 
 	genericapiserver "k8s.io/apiserver/pkg/server"
 )
@@ -78,6 +79,9 @@ type Config struct {
 	KubeletCertificateAuthority string
 	// InsecureKubeletTLS skips kubelet certificate verification (warns).
 	InsecureKubeletTLS bool
+	// CipherSuites for TLS 1.2 on the API and Konnectivity agent ports;
+	// nil: tlspolicy.Default().
+	CipherSuites []uint16
 	// KubeletPreferredAddressTypes orders node addresses for kubelet dials.
 	KubeletPreferredAddressTypes []corev1.NodeAddressType
 	// ExtraSANs are more DNS names / IPs for the generated serving
@@ -125,6 +129,9 @@ func New(cfg Config) (*Hub, error) {
 		cfg.AdvertiseAddress = apiserver.DefaultAdvertiseAddress()
 	}
 	warnInsecureEtcd(cfg)
+	if weak := tlspolicy.Weak(cfg.CipherSuites); len(weak) > 0 {
+		cfg.Logger.Warn("INSECURE: TLS 1.2 cipher suites without forward secrecy or AEAD are enabled by --tls-cipher-suites", "suites", weak)
+	}
 	return &Hub{cfg: cfg, ready: make(chan struct{})}, nil
 }
 
@@ -292,9 +299,9 @@ func (h *Hub) Run(ctx context.Context) error {
 		BindAddress: h.cfg.BindAddress, SecurePort: h.cfg.SecurePort, AdvertiseAddress: h.cfg.AdvertiseAddress,
 		ServingCertFile: servingChain, ServingKeyFile: cluster.ServingKeyFile, ClientCAFile: cluster.CACertFile,
 		EtcdServers: etcdServers, EtcdCAFile: h.cfg.EtcdCAFile, EtcdCertFile: h.cfg.EtcdCertFile, EtcdKeyFile: h.cfg.EtcdKeyFile,
-		ServiceClusterIPRange: h.cfg.ServiceClusterIPRange,
-		AnonymousAuth:         h.cfg.AnonymousAuth,
-		Build:                 h.buildAuth(cluster, "https://"+net.JoinHostPort(h.cfg.AdvertiseAddress.String(), strconv.Itoa(h.cfg.SecurePort))+"/openid/v1/jwks"),
+		ServiceClusterIPRange: h.cfg.ServiceClusterIPRange, CipherSuites: h.cfg.CipherSuites,
+		AnonymousAuth: h.cfg.AnonymousAuth,
+		Build:         h.buildAuth(cluster, "https://"+net.JoinHostPort(h.cfg.AdvertiseAddress.String(), strconv.Itoa(h.cfg.SecurePort))+"/openid/v1/jwks"),
 		PostStartHooks: map[string]genericapiserver.PostStartHookFunc{
 			"tether-controllers": func(hc genericapiserver.PostStartHookContext) error {
 				wg.Add(1)

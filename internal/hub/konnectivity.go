@@ -23,6 +23,7 @@ import (
 	"github.com/tether-dev/tether/internal/konnectivity/server"
 	"github.com/tether-dev/tether/internal/konnectivity/wire"
 	"github.com/tether-dev/tether/internal/pki"
+	"github.com/tether-dev/tether/internal/tlspolicy"
 )
 
 // KonnectivityConfigMap (in kube-public) tells node agents where the hub's
@@ -82,6 +83,10 @@ func (h *Hub) newKonnectivity(cluster *pki.Cluster, servingChain string, nodes f
 	if err != nil {
 		return nil, fmt.Errorf("konnectivity: %w", err)
 	}
+	suites := h.cfg.CipherSuites
+	if suites == nil {
+		suites = tlspolicy.Default()
+	}
 	pool := x509.NewCertPool()
 	pool.AddCert(cluster.CA.Cert)
 	uds := filepath.Join(h.cfg.DataDir, "konnectivity.sock")
@@ -97,7 +102,7 @@ func (h *Hub) newKonnectivity(cluster *pki.Cluster, servingChain string, nodes f
 			Mode:      server.ModeGRPC,
 			UDSName:   uds,
 			AgentAddr: net.JoinHostPort(bind.String(), strconv.Itoa(port)),
-			AgentTLS: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert},
+			AgentTLS: &tls.Config{MinVersion: tls.VersionTLS12, CipherSuites: suites, Certificates: []tls.Certificate{cert},
 				ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert},
 		},
 		addr: net.JoinHostPort(h.cfg.AdvertiseAddress.String(), strconv.Itoa(port)),

@@ -36,6 +36,7 @@ import (
 	"github.com/tether-dev/tether/internal/nodeagent/servicenet"
 	"github.com/tether-dev/tether/internal/nodeagent/tunnel"
 	"github.com/tether-dev/tether/internal/sshtunnel"
+	"github.com/tether-dev/tether/internal/tlspolicy"
 )
 
 // Config configures an Agent. Zero values are documented per field.
@@ -77,6 +78,8 @@ type Config struct {
 	// certificate used instead of one requested by kubelet-serving CSR (as
 	// kubelet's --tls-cert-file). Zero: request one from the hub.
 	TLSCertFile, TLSKeyFile string
+	// TLSCipherSuites for the kubelet API's TLS 1.2; nil: tlspolicy.Default().
+	TLSCipherSuites []uint16
 
 	// LeaseDuration (zero 40s) and LeaseRenewInterval (zero 10s).
 	LeaseDuration, LeaseRenewInterval time.Duration
@@ -125,6 +128,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if weak := tlspolicy.Weak(cfg.TLSCipherSuites); len(weak) > 0 {
+		cfg.Logger.Warn("INSECURE: TLS 1.2 cipher suites without forward secrecy or AEAD are enabled by --tls-cipher-suites", "suites", weak)
 	}
 	if cfg.NodeName == "" {
 		hn, err := os.Hostname()
@@ -330,7 +336,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	port := ln.Addr().(*net.TCPAddr).Port
 	kapi, err := kubeletapi.New(kubeletapi.Config{
-		NodeName: a.cfg.NodeName, Listener: ln,
+		NodeName: a.cfg.NodeName, Listener: ln, CipherSuites: a.cfg.TLSCipherSuites,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			if provided != nil {
 				return provided, nil

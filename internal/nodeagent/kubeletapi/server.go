@@ -39,6 +39,7 @@ import (
 	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
 
 	"github.com/tether-dev/tether/internal/nodeagent/runtime"
+	"github.com/tether-dev/tether/internal/tlspolicy"
 )
 
 // Provider is what the API serves: the node's pods and their streams.
@@ -59,6 +60,8 @@ type Config struct {
 	Address  string
 	// GetCertificate returns the serving certificate (rotated in place).
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// CipherSuites for TLS 1.2; nil: tlspolicy.Default().
+	CipherSuites []uint16
 	// ClientCA is the PEM bundle client certificates must chain to.
 	ClientCA []byte
 	// TokenReview and SubjectAccessReview clients (the node's credentials).
@@ -172,8 +175,13 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.addr = ln.Addr()
 	s.mu.Unlock()
+	suites := s.cfg.CipherSuites
+	if suites == nil {
+		suites = tlspolicy.Default()
+	}
 	tlsConfig := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
+		CipherSuites:   suites,
 		GetCertificate: s.cfg.GetCertificate,
 		// Verification is the x509 authenticator's job, as in kubelet.
 		ClientAuth: tls.RequestClientCert,
