@@ -58,6 +58,7 @@ type haCluster struct {
 	shared     *pki.Cluster
 	chain      string
 	agents     []*agent
+	serverArgs []string // extra `tether server` flags for every replica
 }
 
 type haMember struct {
@@ -80,9 +81,9 @@ func haPrefix() string {
 	return fmt.Sprintf("127.%d.%d", 192+(pid>>8)%32, pid%256)
 }
 
-func startHACluster(t testing.TB, nodes int) *haCluster {
+func startHACluster(t testing.TB, nodes int, serverArgs ...string) *haCluster {
 	t.Helper()
-	c := &haCluster{dir: t.TempDir(), prefix: haPrefix(), port: 6443}
+	c := &haCluster{dir: t.TempDir(), prefix: haPrefix(), port: 6443, serverArgs: serverArgs}
 	t.Cleanup(c.stop)
 	var err error
 	var ips []net.IP
@@ -234,6 +235,7 @@ func (c *haCluster) startHub(t testing.TB, i int) {
 	if i == 0 {
 		args = append(args, "--bootstrap-token", c.token)
 	}
+	args = append(args, c.serverArgs...)
 	cmd := exec.Command(tetherBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "HOME="+h.dir)
