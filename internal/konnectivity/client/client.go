@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -49,6 +50,15 @@ type Config struct {
 	InsecureTCP bool
 	// DialTimeout bounds a dial when the context has no deadline; 0 means 30s.
 	DialTimeout time.Duration
+	// DialAttempts bounds the proxy connections one HTTP CONNECT dial may
+	// use. A dial is tried again only when it failed before any byte of the
+	// caller's could have reached the endpoint: the proxy address refused or
+	// dropped the connection before answering (e.g. a killed server), or the
+	// proxy answered 503 (no agent for the destination yet — a restarted
+	// server whose agents have not reconnected — or its limits). Behind a
+	// load balancer the next attempt reaches another server. 0 means 3 for a
+	// TCP address and 1 for a Unix socket (one local server); 1 disables.
+	DialAttempts int
 }
 
 // Dialer dials TCP addresses through a Konnectivity server.
@@ -79,6 +89,20 @@ func New(cfg Config) (*Dialer, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 30 * time.Second
 	}
+	if cfg.DialAttempts <= 0 {
+		cfg.DialAttempts = 1
+		if cfg.UDSName == "" {
+			cfg.DialAttempts = 3
+		}
+	}
+	if cfg.TLS != nil && cfg.TLS.ServerName == "" && cfg.Address != "" {
+		host, _, err := net.SplitHostPort(cfg.Address)
+		if err != nil {
+			return nil, fmt.Errorf("konnectivity client: address %q: %w", cfg.Address, err)
+		}
+		cfg.TLS = cfg.TLS.Clone()
+		cfg.TLS.ServerName = host
+	}
 	return &Dialer{cfg: cfg}, nil
 }
 
@@ -100,10 +124,53 @@ func (d *Dialer) rawDial(ctx context.Context) (net.Conn, error) {
 		return nd.DialContext(ctx, "unix", d.cfg.UDSName)
 	}
 	if d.cfg.TLS != nil {
-		td := tls.Dialer{NetDialer: &nd, Config: d.cfg.TLS}
-		return td.DialContext(ctx, "tcp", d.cfg.Address)
+		raw, err := nd.DialContext(ctx, "tcp", d.cfg.Address)
+		if err != nil {
+			return nil, err
+		}
+		ec := &eofConn{Conn: raw}
+		tc := tls.Client(ec, d.cfg.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = raw.Close()
+			return nil, err
+		}
+		return &tlsConn{Conn: tc, raw: ec}, nil
 	}
 	return nd.DialContext(ctx, "tcp", d.cfg.Address)
+}
+
+// eofConn notes when the connection under TLS reached end of stream.
+type eofConn struct {
+	net.Conn
+	eof atomic.Bool
+}
+
+func (c *eofConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if errors.Is(err, io.EOF) {
+		c.eof.Store(true)
+	}
+	return n, err
+}
+
+// tlsConn is an HTTP CONNECT tunnel over TLS. The proxy ends a tunnel
+// normally with TLS close_notify (then Read returns io.EOF); Go's TLS client
+// also reports a bare TCP end at a record boundary as io.EOF, which is what a
+// killed proxy — or a load balancer in front of it — leaves behind. Such an
+// end is returned as an error wrapping ErrReset, so a truncated transfer never
+// looks complete. (crypto/tls stops reading at close_notify, so the TCP end
+// is only seen when no close_notify came first.)
+type tlsConn struct {
+	*tls.Conn
+	raw *eofConn
+}
+
+func (c *tlsConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err == io.EOF && c.raw.eof.Load() {
+		err = fmt.Errorf("%w: the proxy connection ended without TLS close_notify (proxy gone or path cut)", ErrReset)
+	}
+	return n, err
 }
 
 func (d *Dialer) grpcConn() (*grpc.ClientConn, error) {
@@ -158,39 +225,60 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 }
 
 func (d *Dialer) dialHTTPConnect(ctx context.Context, addr string) (net.Conn, error) {
+	var errs []error
+	for attempt := 1; ; attempt++ {
+		c, retry, err := d.connectOnce(ctx, addr)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+		if !retry || attempt >= d.cfg.DialAttempts || ctx.Err() != nil {
+			if len(errs) == 1 {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w (%d attempts; earlier: %w)", err, len(errs), errors.Join(errs[:len(errs)-1]...))
+		}
+	}
+}
+
+// connectOnce makes one HTTP CONNECT attempt; retry reports whether the
+// failure happened before the caller's bytes could reach the endpoint and
+// another proxy might do better.
+func (d *Dialer) connectOnce(ctx context.Context, addr string) (_ net.Conn, retry bool, _ error) {
 	c, err := d.rawDial(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("konnectivity client: dial proxy: %w", err)
+		return nil, ctx.Err() == nil, fmt.Errorf("konnectivity client: dial proxy: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
 	defer stop()
 	if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr); err != nil {
 		_ = c.Close()
-		return nil, fmt.Errorf("konnectivity client: CONNECT %s: %w", addr, err)
+		return nil, ctx.Err() == nil, fmt.Errorf("konnectivity client: CONNECT %s: %w", addr, err)
 	}
 	br := bufio.NewReader(c)
 	res, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err != nil {
 		_ = c.Close()
 		if ctx.Err() != nil {
-			err = ctx.Err()
+			return nil, false, fmt.Errorf("konnectivity client: CONNECT %s: %w", addr, ctx.Err())
 		}
-		return nil, fmt.Errorf("konnectivity client: CONNECT %s: %w", addr, err)
+		return nil, true, fmt.Errorf("konnectivity client: CONNECT %s: %w", addr, err)
 	}
 	if res.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(res.Body, 1024))
 		_ = c.Close()
-		return nil, fmt.Errorf("konnectivity client: CONNECT %s: %s: %s", addr, res.Status, bytesTrim(body))
+		return nil, res.StatusCode == http.StatusServiceUnavailable,
+			fmt.Errorf("konnectivity client: CONNECT %s: %s: %s", addr, res.Status, bytesTrim(body))
 	}
 	if !stop() {
 		_ = c.Close()
-		return nil, ctx.Err()
+		return nil, false, ctx.Err()
 	}
 	_ = c.SetDeadline(time.Time{})
 	if br.Buffered() > 0 {
-		return &bufConn{Conn: c, r: br}, nil
+		return &bufConn{Conn: c, r: br}, false, nil
 	}
-	return c, nil
+	return c, false, nil
 }
 
 func bytesTrim(b []byte) string {
