@@ -152,6 +152,13 @@ func BenchmarkHAFleet(b *testing.B) {
 	}
 	regTime := time.Since(start)
 	b.Logf("%d nodes registered in %s (%.0f nodes/s, 32 at a time)", nodes, regTime.Round(time.Millisecond), float64(nodes)/regTime.Seconds())
+	// The IPAM controller gives every node a pod CIDR; how long after the
+	// last registration (bounded: 2 minutes) is part of what a fleet costs.
+	cidrLag, missing, err := waitPodCIDRs(ctx, c, nodes, 2*time.Minute)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("pod CIDRs: %d of %d nodes still without one %s after the last registration", missing, nodes, cidrLag.Round(time.Millisecond))
 	// One period in which every node renews at least once at its own phase.
 	time.Sleep(period) // lets the renew loops reach their steady state; not synchronisation
 
@@ -230,6 +237,8 @@ func BenchmarkHAFleet(b *testing.B) {
 		goBefore[gc]/2/(1<<20), goDuring[gc]/2/(1<<20))
 	b.ReportMetric((goDuring["go_goroutines"]-goBefore["go_goroutines"])/float64(nodes), "goroutines/node")
 	b.ReportMetric((goDuring[gc]-goBefore[gc])/2/1024/float64(nodes), "live_heap_KiB/node")
+	b.ReportMetric(cidrLag.Seconds(), "podcidr_lag_s")
+	b.ReportMetric(float64(missing), "podcidr_missing")
 	b.ReportMetric(median(loads), "load1")
 	b.ReportMetric(median(cpuCores), "hub_cpu_cores")
 	if len(cpuPerK) > 0 {
@@ -452,6 +461,36 @@ func (w fleetWindow) quantile(q float64) float64 {
 		return 0
 	}
 	return w.latencies[min(len(w.latencies)-1, int(q*float64(len(w.latencies))))]
+}
+
+// waitPodCIDRs polls the Nodes (protobuf, from the watch cache) until
+// every one of the fleet has spec.podCIDR or limit passes; it returns the
+// time waited and how many still have none.
+func waitPodCIDRs(ctx context.Context, c *haCluster, nodes int, limit time.Duration) (time.Duration, int, error) {
+	cfg := c.config(c.lbURL)
+	cfg.ContentType, cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf", "application/vnd.kubernetes.protobuf"
+	cfg.Timeout = time.Minute
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	for {
+		list, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{ResourceVersion: "0"})
+		if err != nil {
+			return 0, 0, err
+		}
+		with := 0
+		for _, n := range list.Items {
+			if strings.HasPrefix(n.Name, "fleet-") && n.Spec.PodCIDR != "" {
+				with++
+			}
+		}
+		if with >= nodes || time.Since(start) > limit {
+			return time.Since(start), nodes - with, nil
+		}
+		time.Sleep(time.Second) // poll interval
+	}
 }
 
 // countNotReady counts the Nodes whose Ready condition is not True or

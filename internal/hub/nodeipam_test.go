@@ -76,3 +76,56 @@ func TestNodeIPAM(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeIPAMConcurrentJoins: nodes joining at once are allocated by
+// several workers; every Node still gets its own /24.
+func TestNodeIPAMConcurrentJoins(t *testing.T) {
+	h := startHub(t, nil)
+	c := h.client(t, h.Admin)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const nodes, writers = 60, 6
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			for i := w; i < nodes; i += writers {
+				if _, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("join-%d", i)}}, metav1.CreateOptions{}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		list, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		owner := map[string]string{}
+		missing := 0
+		for _, n := range list.Items {
+			if n.Spec.PodCIDR == "" {
+				missing++
+				continue
+			}
+			if o, dup := owner[n.Spec.PodCIDR]; dup {
+				t.Fatalf("%s and %s both got %s", o, n.Name, n.Spec.PodCIDR)
+			}
+			owner[n.Spec.PodCIDR] = n.Name
+		}
+		if len(list.Items) == nodes && missing == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d nodes without a pod CIDR after a minute", missing, len(list.Items))
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
+	}
+}

@@ -37,7 +37,12 @@ type Config struct {
 	// NodeMaskSize is the prefix length of each node's pod CIDR; zero: 24
 	// for IPv4, 64 for IPv6.
 	NodeMaskSize int
-	Logger       *slog.Logger
+	// Workers patching Nodes concurrently; zero: 30 (kube-controller-
+	// manager's range allocator). One worker is bound by the latency of a
+	// Patch: a few per second on a loaded hub, minutes of nodes without a
+	// pod CIDR when thousands join.
+	Workers int
+	Logger  *slog.Logger
 }
 
 // maxSubnets bounds the allocation table (a /16 split into /24s is 256).
@@ -57,6 +62,12 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Workers < 0 {
+		return nil, errors.New("nodeipam: negative worker count")
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = 30
 	}
 	a, err := NewAllocator(cfg.ClusterCIDR, cfg.NodeMaskSize)
 	if err != nil {
@@ -98,19 +109,30 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	stop := context.AfterFunc(ctx, q.ShutDown)
 	defer stop()
-	for {
-		name, quit := q.Get()
-		if quit {
-			return nil
-		}
-		if err := c.sync(ctx, inf.GetIndexer(), name); err != nil && ctx.Err() == nil {
-			c.log.Warn("pod CIDR allocation failed", "node", name, "err", err)
-			q.AddRateLimited(name)
-		} else {
-			q.Forget(name)
-		}
-		q.Done(name)
+	// The queue hands a node to one worker at a time; the Allocator is
+	// safe for concurrent use.
+	var wg sync.WaitGroup
+	for range c.cfg.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				name, quit := q.Get()
+				if quit {
+					return
+				}
+				if err := c.sync(ctx, inf.GetIndexer(), name); err != nil && ctx.Err() == nil {
+					c.log.Warn("pod CIDR allocation failed", "node", name, "err", err)
+					q.AddRateLimited(name)
+				} else {
+					q.Forget(name)
+				}
+				q.Done(name)
+			}
+		}()
 	}
+	wg.Wait()
+	return nil
 }
 
 func (c *Controller) occupy(n *corev1.Node) {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net/netip"
 	"testing"
+
+	"k8s.io/client-go/kubernetes"
 )
 
 func TestAllocator(t *testing.T) {
@@ -85,5 +87,17 @@ func TestAllocatorIPv6(t *testing.T) {
 	p, _ := a.Allocate("b")
 	if p.String() != "fd10:244:0:1::/64" {
 		t.Fatalf("second IPv6 subnet %s", p)
+	}
+}
+
+func TestNewWorkers(t *testing.T) {
+	cfg := Config{Client: &kubernetes.Clientset{}, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}
+	c, err := New(cfg)
+	if err != nil || c.cfg.Workers != 30 {
+		t.Fatalf("New: workers %d, %v; want the default 30", c.cfg.Workers, err)
+	}
+	cfg.Workers = -1
+	if _, err := New(cfg); err == nil {
+		t.Fatal("New accepted a negative worker count")
 	}
 }
