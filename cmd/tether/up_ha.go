@@ -149,12 +149,18 @@ func (f *haFlags) run(ctx context.Context, out io.Writer, cfg hub.Config, nodes 
 	}
 
 	// etcd: every member must start before any is ready (quorum).
-	fmt.Fprintf(out, "• starting %d etcd member(s) (mutual TLS) on %s.%d…\n", f.members, lay.prefix, 101)
+	fmt.Fprintf(out, "• starting %d etcd member(s) (mutual TLS, one `tether etcd` process each) on %s.%d…\n", f.members, lay.prefix, 101)
 	cluster, err := storage.NewCluster(storage.ClusterConfig{Dir: filepath.Join(cfg.DataDir, "etcd"), IPs: lay.etcd, Logger: log})
 	if err != nil {
 		return err
 	}
-	// etcd outlives the hubs: its context ends after theirs.
+	// Each member is a `tether etcd` child process (kill -9 of one is a
+	// real crash; it is restarted and rejoins). etcd outlives the hubs:
+	// its context ends after theirs.
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
 	etcdCtx, stopEtcd := context.WithCancel(context.Background())
 	var etcdWG sync.WaitGroup
 	defer func() {
@@ -163,24 +169,19 @@ func (f *haFlags) run(ctx context.Context, out io.Writer, cfg hub.Config, nodes 
 		stopEtcd()
 		etcdWG.Wait()
 	}()
-	var members []*storage.Embedded
+	etcdReady := make(chan struct{}, f.members)
 	for i := range f.members {
-		m, err := storage.New(cluster.Member(i))
-		if err != nil {
-			return err
-		}
-		members = append(members, m)
 		etcdWG.Add(1)
 		go func() {
 			defer etcdWG.Done()
-			if err := m.Run(etcdCtx); err != nil {
+			if err := cluster.RunProcess(etcdCtx, self, i, logFile, func() { etcdReady <- struct{}{} }); err != nil {
 				errc <- fmt.Errorf("etcd member %d: %w", i+1, err)
 			}
 		}()
 	}
-	for _, m := range members {
+	for range f.members {
 		select {
-		case <-m.Ready():
+		case <-etcdReady:
 		case err := <-errc:
 			return err
 		case <-ctx.Done():

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -190,5 +191,51 @@ func (p *Process) Stop(grace time.Duration) error {
 	case <-t.C:
 		p.Kill()
 		return fmt.Errorf("storage: etcd member pid %d did not stop within %s; killed", p.Pid(), grace)
+	}
+}
+
+// maxRestarts bounds how often RunProcess restarts a member that keeps
+// dying.
+const maxRestarts = 10
+
+// RunProcess runs member i as a child process (StartProcess) until ctx
+// ends, then stops it with SIGTERM (SIGKILL after 30s). A member that exits
+// on its own — `kill -9` of its pid, a crash — is restarted from its data
+// dir after a second and rejoins the cluster; after maxRestarts RunProcess
+// gives up with an error. ready (if not nil) is called once, when the
+// member first serves.
+func (c *Cluster) RunProcess(ctx context.Context, bin string, i int, out io.Writer, ready func()) error {
+	log := c.cfg.Logger.With("etcd", c.name(i))
+	var once sync.Once
+	for restarts := 0; ; restarts++ {
+		p, err := c.StartProcess(bin, i, out)
+		if err != nil {
+			return err
+		}
+		log.Info("etcd member started", "pid", p.Pid())
+		if ready != nil {
+			// Ends when the member is ready, exits, or ctx ends.
+			go func() {
+				if p.WaitReady(ctx) == nil {
+					once.Do(ready)
+				}
+			}()
+		}
+		select {
+		case <-ctx.Done():
+			return p.Stop(30 * time.Second)
+		case <-p.Exited():
+		}
+		if restarts == maxRestarts {
+			return fmt.Errorf("storage: etcd member %d exited %d times, last: %v", i+1, restarts+1, p.Err())
+		}
+		log.Warn("etcd member exited; restarting it from its data dir", "pid", p.Pid(), "exit", p.Err())
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
 	}
 }

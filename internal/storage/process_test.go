@@ -164,3 +164,65 @@ func TestMemberProcessCrash(t *testing.T) {
 		t.Fatal("member 2 of a one-member cluster started")
 	}
 }
+
+// TestRunProcessRestarts: RunProcess restarts a member killed from outside
+// (as a user's `kill -9` would) and stops it when its context ends.
+func TestRunProcessRestarts(t *testing.T) {
+	dir := t.TempDir()
+	c, err := NewCluster(ClusterConfig{Dir: dir, IPs: runIPs(5)[4:]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(memberChildEnv, "1")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() { done <- c.RunProcess(ctx, self, 0, nil, func() { ready <- struct{}{} }) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("RunProcess ended: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("member not ready within 60s")
+	}
+	pidOf := func() int {
+		b, err := os.ReadFile(c.readyFile(0))
+		if err != nil {
+			return 0
+		}
+		var pid int
+		fmt.Sscan(string(b), &pid)
+		return pid
+	}
+	first := pidOf()
+	if first == 0 {
+		t.Fatal("no pid in the ready file")
+	}
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for pid := pidOf(); pid == 0 || pid == first; pid = pidOf() {
+		if time.Now().After(deadline) {
+			t.Fatal("member not restarted within 60s of SIGKILL")
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
+	second := pidOf()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	done <- nil // for the deferred receive
+	if err := syscall.Kill(second, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("member pid %d still there after RunProcess returned: %v", second, err)
+	}
+}

@@ -31,8 +31,8 @@ type Config struct {
 
 // LB is the load balancer.
 type LB struct {
-	cfg  Config
-	mu   sync.Mutex
+	cfg    Config
+	mu     sync.Mutex
 	next   int
 	down   map[string]time.Time
 	active map[string]int
