@@ -337,22 +337,26 @@ func startKHA(tb testing.TB) *khaCluster {
 	return c
 }
 
-func (c *khaCluster) dialer(tb testing.TB, addr string) *client.Dialer {
+// dialer is the frontend's HTTP CONNECT dialer for addr; attempts 0 is the
+// client's default (3 on TCP).
+func (c *khaCluster) dialer(tb testing.TB, addr string, attempts int) *client.Dialer {
 	tb.Helper()
-	d, err := client.New(client.Config{Mode: client.ModeHTTPConnect, Address: addr, TLS: c.tls, DialTimeout: khaDialTimeout})
+	d, err := client.New(client.Config{Mode: client.ModeHTTPConnect, Address: addr, TLS: c.tls, DialTimeout: khaDialTimeout,
+		DialAttempts: attempts})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return d
 }
 
-// echoOnce dials backend j through d, echoes 1 KiB and closes.
+// echoOnce dials backend j through d, echoes 1 KiB and closes. A failed dial
+// is returned as a *khaDialError.
 func (c *khaCluster) echoOnce(ctx context.Context, d *client.Dialer, j int) error {
 	ctx, cancel := context.WithTimeout(ctx, khaDialTimeout)
 	defer cancel()
 	conn, err := d.DialContext(ctx, "tcp", c.backends[j])
 	if err != nil {
-		return err
+		return &khaDialError{err}
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
@@ -364,6 +368,11 @@ func (c *khaCluster) echoOnce(ctx context.Context, d *client.Dialer, j int) erro
 	_, _ = rand.Read(msg)
 	return konnectivitytest.EchoRoundTrip(conn, msg)
 }
+
+type khaDialError struct{ err error }
+
+func (e *khaDialError) Error() string { return "dial: " + e.err.Error() }
+func (e *khaDialError) Unwrap() error { return e.err }
 
 // khaDialRecord is one dial + echo through the load-balanced address.
 type khaDialRecord struct {
@@ -379,8 +388,8 @@ type khaDialLoad struct {
 	wg      sync.WaitGroup
 }
 
-func (c *khaCluster) startDialLoad(tb testing.TB, workers int, pace time.Duration) *khaDialLoad {
-	d := c.dialer(tb, c.lbAddr)
+func (c *khaCluster) startDialLoad(tb testing.TB, workers int, pace time.Duration, attempts int) *khaDialLoad {
+	d := c.dialer(tb, c.lbAddr, attempts)
 	l := &khaDialLoad{stop: make(chan struct{})}
 	deadline := time.Now().Add(10 * time.Minute)
 	for w := range workers {
@@ -426,10 +435,13 @@ func (l *khaDialLoad) snapshot() []khaDialRecord {
 
 // khaStats summarises the dials around a fault at `at`, up to `until`.
 type khaStats struct {
-	firstGood   time.Duration // fault → end of the first successful dial started after it
-	lastFail    time.Duration // fault → end of the last failed dial (0: none failed)
-	ok, failed  int           // dials that ended in (at, until]
-	firstErrors []error
+	firstGood time.Duration // fault → end of the first successful dial started after it
+	// lastFail is fault → end of the last failed dial or echo (0: none failed).
+	lastFail time.Duration
+	// Dials + echoes that ended in (at, until]: ok, dial failed, or dialled
+	// but broken during the echo (a connection through the killed server).
+	ok, failed, broken int
+	firstErrors        []error
 }
 
 func khaSummarise(recs []khaDialRecord, at, until time.Time) khaStats {
@@ -440,7 +452,11 @@ func khaSummarise(recs []khaDialRecord, at, until time.Time) khaStats {
 			continue
 		}
 		if r.err != nil {
-			s.failed++
+			if _, ok := errors.AsType[*khaDialError](r.err); ok {
+				s.failed++
+			} else {
+				s.broken++
+			}
 			if d := r.end.Sub(at); d > s.lastFail {
 				s.lastFail = d
 			}
@@ -481,7 +497,7 @@ func (tr *khaTransfer) bytes() int64 {
 func (c *khaCluster) startTransfer(tb testing.TB, server, agent int, stop <-chan struct{}) *khaTransfer {
 	tb.Helper()
 	tr := &khaTransfer{server: server, agent: agent, done: make(chan struct{})}
-	d := c.dialer(tb, c.front[server])
+	d := c.dialer(tb, c.front[server], 1)
 	ctx, cancel := context.WithTimeout(context.Background(), khaDialTimeout)
 	conn, err := d.DialContext(ctx, "tcp", c.backends[agent])
 	cancel()
@@ -565,7 +581,7 @@ func (c *khaCluster) waitAgents(tb testing.TB, want float64, since time.Time, bo
 // succeed; it returns the time from `since` to the last first success.
 func (c *khaCluster) waitServerUsed(tb testing.TB, i int, since time.Time, bound time.Duration) time.Duration {
 	tb.Helper()
-	d := c.dialer(tb, c.front[i])
+	d := c.dialer(tb, c.front[i], 1)
 	deadline := since.Add(bound)
 	var last time.Duration
 	for j := range khaAgents {
@@ -609,7 +625,7 @@ func TestKonnectivityServerKilledUnderLoad(t *testing.T) {
 			<-tr.done
 		}
 	})
-	load := c.startDialLoad(t, 3, 10*time.Millisecond)
+	load := c.startDialLoad(t, 3, 10*time.Millisecond, 0)
 	konnectivitytest.Eventually(t, 60*time.Second, "load running: every transfer ≥ 256 KiB, ≥ 30 dials", func() bool {
 		for _, tr := range transfers {
 			if tr.bytes() < 256<<10 {
@@ -618,8 +634,8 @@ func TestKonnectivityServerKilledUnderLoad(t *testing.T) {
 		}
 		return khaSummarise(load.snapshot(), time.Time{}, time.Now()).ok >= 30
 	})
-	if s := khaSummarise(load.snapshot(), time.Time{}, time.Now()); s.failed > 0 {
-		t.Fatalf("dials failed before any fault: %d (%v)", s.failed, s.firstErrors)
+	if s := khaSummarise(load.snapshot(), time.Time{}, time.Now()); s.failed+s.broken > 0 {
+		t.Fatalf("dials failed before any fault: %d+%d (%v)", s.failed, s.broken, s.firstErrors)
 	}
 
 	const victim = 0
@@ -668,13 +684,18 @@ func TestKonnectivityServerKilledUnderLoad(t *testing.T) {
 	})
 	restartAt := time.Now()
 	down := khaSummarise(load.snapshot(), killAt, restartAt)
-	t.Logf("kill → agents noticed: %s; kill → first good dial: %s; kill → last failed dial: %s; dials while down: %d ok, %d failed %v",
-		notice.Round(time.Millisecond), down.firstGood.Round(time.Microsecond), down.lastFail.Round(time.Millisecond), down.ok, down.failed, down.firstErrors)
+	t.Logf("kill → agents noticed: %s; kill → first good dial: %s; kill → last failed dial: %s; dials while down: %d ok, %d dials failed, %d connections broken %v",
+		notice.Round(time.Millisecond), down.firstGood.Round(time.Microsecond), down.lastFail.Round(time.Millisecond), down.ok, down.failed, down.broken, down.firstErrors)
 	if down.firstGood < 0 || down.firstGood > 2*time.Second {
 		t.Errorf("kill → first successful dial: %s, want ≤ 2s", down.firstGood)
 	}
 	if down.lastFail > 2*time.Second {
 		t.Errorf("kill → last failed dial: %s, want ≤ 2s (%v)", down.lastFail, down.firstErrors)
+	}
+	// Connections through the killed server break (counted as broken); a new
+	// dial caught by the kill is retried on another server by the dialer.
+	if down.failed > 0 {
+		t.Errorf("%d dials failed after the kill (the dialer should have retried them elsewhere): %v", down.failed, down.firstErrors)
 	}
 
 	// Surviving transfers kept going.
@@ -698,10 +719,10 @@ func TestKonnectivityServerKilledUnderLoad(t *testing.T) {
 	})
 	load.halt()
 	up := khaSummarise(load.snapshot(), restartAt, time.Now())
-	t.Logf("restart → agents reconnected: %s; restart → dials through it work: %s; dials after restart: %d ok, %d failed %v",
-		reconnect.Round(time.Millisecond), reused.Round(time.Millisecond), up.ok, up.failed, up.firstErrors)
-	if up.failed > 0 {
-		t.Errorf("%d dials through the load balancer failed after the restart: %v", up.failed, up.firstErrors)
+	t.Logf("restart → agents reconnected: %s; restart → dials through it work: %s; dials after restart: %d ok, %d dials failed, %d connections broken %v",
+		reconnect.Round(time.Millisecond), reused.Round(time.Millisecond), up.ok, up.failed, up.broken, up.firstErrors)
+	if up.failed+up.broken > 0 {
+		t.Errorf("%d dials and %d connections through the load balancer failed after the restart: %v", up.failed, up.broken, up.firstErrors)
 	}
 
 	close(stopTransfers)
@@ -736,16 +757,19 @@ func TestKonnectivityServerKilledUnderLoad(t *testing.T) {
 //	go test -run '^$' -bench KonnectivityFailover -benchtime 5x ./e2e/
 func BenchmarkKonnectivityFailover(b *testing.B) {
 	c := startKHA(b)
-	load := c.startDialLoad(b, 3, 10*time.Millisecond)
+	load := c.startDialLoad(b, 3, 10*time.Millisecond, 0)
+	// Same run, same faults: a frontend that never retries (DialAttempts 1,
+	// like upstream's konnectivity-client) — the baseline.
+	plain := c.startDialLoad(b, 3, 10*time.Millisecond, 1)
 	deadline := time.Now().Add(60 * time.Second)
-	for khaSummarise(load.snapshot(), time.Time{}, time.Now()).ok < 30 {
+	for khaSummarise(load.snapshot(), time.Time{}, time.Now()).ok < 30 || khaSummarise(plain.snapshot(), time.Time{}, time.Now()).ok < 30 {
 		if time.Now().After(deadline) {
 			b.Fatal("dial load did not start")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	const downFor = 2 * time.Second
-	var firstGood, lastFail, reconnect, reused []float64
+	var firstGood, lastFail, firstGoodPlain, lastFailPlain, reconnect, reused []float64
 	b.ResetTimer()
 	for i := range b.N {
 		victim := i % khaServers
@@ -766,13 +790,18 @@ func BenchmarkKonnectivityFailover(b *testing.B) {
 		s := khaSummarise(load.snapshot(), killAt, restartAt)
 		firstGood = append(firstGood, s.firstGood.Seconds())
 		lastFail = append(lastFail, s.lastFail.Seconds())
+		sp := khaSummarise(plain.snapshot(), killAt, restartAt)
+		firstGoodPlain = append(firstGoodPlain, sp.firstGood.Seconds())
+		lastFailPlain = append(lastFailPlain, sp.lastFail.Seconds())
 		c.servers[victim].start(b)
 		reconnect = append(reconnect, c.waitAgents(b, khaServers, restartAt, 60*time.Second).Seconds())
 		reused = append(reused, c.waitServerUsed(b, victim, restartAt, 60*time.Second).Seconds())
 	}
 	b.StopTimer()
 	load.halt()
+	plain.halt()
 	after := khaSummarise(load.snapshot(), time.Time{}, time.Now())
+	afterPlain := khaSummarise(plain.snapshot(), time.Time{}, time.Now())
 	report := func(name string, v []float64) {
 		slices.Sort(v)
 		b.ReportMetric(v[len(v)/2], name+"-p50")
@@ -780,8 +809,14 @@ func BenchmarkKonnectivityFailover(b *testing.B) {
 	}
 	report("s-kill-first-dial", firstGood)
 	report("s-kill-last-fail", lastFail)
+	report("s-kill-first-dial-noretry", firstGoodPlain)
+	report("s-kill-last-fail-noretry", lastFailPlain)
 	report("s-restart-agents", reconnect)
 	report("s-restart-reused", reused)
 	b.ReportMetric(float64(after.failed), "failed-dials")
+	b.ReportMetric(float64(after.broken), "broken-conns")
 	b.ReportMetric(float64(after.ok), "ok-dials")
+	b.ReportMetric(float64(afterPlain.failed), "failed-dials-noretry")
+	b.ReportMetric(float64(afterPlain.broken), "broken-conns-noretry")
+	b.ReportMetric(float64(afterPlain.ok), "ok-dials-noretry")
 }

@@ -56,8 +56,11 @@ type Config struct {
 	// dropped the connection before answering (e.g. a killed server), or the
 	// proxy answered 503 (no agent for the destination yet — a restarted
 	// server whose agents have not reconnected — or its limits). Behind a
-	// load balancer the next attempt reaches another server. 0 means 3 for a
-	// TCP address and 1 for a Unix socket (one local server); 1 disables.
+	// load balancer the next attempt reaches another server. The second
+	// attempt follows at once, later ones after 10 ms, 20 ms, 40 ms … (±50 %
+	// jitter, so concurrent dials do not follow each other round a
+	// round-robin balancer onto the same server). 0 means 5 for a TCP address
+	// and 1 for a Unix socket (one local server); 1 disables.
 	DialAttempts int
 }
 
@@ -92,7 +95,7 @@ func New(cfg Config) (*Dialer, error) {
 	if cfg.DialAttempts <= 0 {
 		cfg.DialAttempts = 1
 		if cfg.UDSName == "" {
-			cfg.DialAttempts = 3
+			cfg.DialAttempts = 5
 		}
 	}
 	if cfg.TLS != nil && cfg.TLS.ServerName == "" && cfg.Address != "" {
@@ -232,13 +235,30 @@ func (d *Dialer) dialHTTPConnect(ctx context.Context, addr string) (net.Conn, er
 			return c, nil
 		}
 		errs = append(errs, err)
+		if retry && attempt < d.cfg.DialAttempts && attempt >= 2 {
+			t := time.NewTimer(retryDelay(attempt))
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
+		}
 		if !retry || attempt >= d.cfg.DialAttempts || ctx.Err() != nil {
 			if len(errs) == 1 {
 				return nil, err
 			}
-			return nil, fmt.Errorf("%w (%d attempts; earlier: %w)", err, len(errs), errors.Join(errs[:len(errs)-1]...))
+			return nil, fmt.Errorf("%w (%d attempts; first: %w)", err, len(errs), errs[0])
 		}
 	}
+}
+
+// retryDelay is the pause after failed attempt n (n ≥ 2): 10 ms · 2^(n-2),
+// ±50 %.
+func retryDelay(n int) time.Duration {
+	d := 10 * time.Millisecond << min(n-2, 6)
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	return d/2 + time.Duration(int64(d)*int64(binary.BigEndian.Uint16(b[:]))/65536)
 }
 
 // connectOnce makes one HTTP CONNECT attempt; retry reports whether the
