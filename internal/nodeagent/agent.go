@@ -311,6 +311,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Network: rtNet,
 		Dir:     a.cfg.DataDir, HostIP: a.cfg.NodeIP, OnChange: pods.enqueue,
 		Env: pods.serviceEnv, PrepareVolumes: pods.prepareVolumes,
+		EnvSource: envSource{client: client}, Event: pods.event, Allocatable: nodeCapacity(a.cfg.DataDir),
 		BackoffBase: a.cfg.BackoffBase, BackoffMax: a.cfg.BackoffMax,
 		StopPodsOnExit: a.cfg.StopPodsOnExit,
 		Logger:         a.log.With("component", "runtime"),

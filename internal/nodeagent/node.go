@@ -126,11 +126,7 @@ func (n *nodeStatus) fillStatus(st *corev1.NodeStatus) {
 		{Type: corev1.NodeHostName, Address: hostname},
 	}
 	st.DaemonEndpoints.KubeletEndpoint.Port = n.port
-	cpu := resource.NewQuantity(int64(goruntime.NumCPU()), resource.DecimalSI)
-	mem := resource.NewQuantity(memTotal(), resource.BinarySI)
-	pods := resource.NewQuantity(110, resource.DecimalSI)
-	eph := resource.NewQuantity(diskTotal(a.cfg.DataDir), resource.BinarySI)
-	st.Capacity = corev1.ResourceList{corev1.ResourceCPU: *cpu, corev1.ResourceMemory: *mem, corev1.ResourcePods: *pods, corev1.ResourceEphemeralStorage: *eph}
+	st.Capacity = nodeCapacity(a.cfg.DataDir)
 	st.Allocatable = st.Capacity.DeepCopy()
 	st.NodeInfo = corev1.NodeSystemInfo{
 		MachineID: readTrim("/etc/machine-id"), SystemUUID: readTrim("/sys/class/dmi/id/product_uuid"),
@@ -149,6 +145,16 @@ func (n *nodeStatus) fillStatus(st *corev1.NodeStatus) {
 // setCondition updates c in place, keeping the transition time when the
 // status did not change; the heartbeat time moves only with the status
 // interval (the Lease is the heartbeat).
+// nodeCapacity is the node's capacity (and allocatable): CPUs, memory from
+// /proc, 110 pods, the data directory's file system.
+func nodeCapacity(dataDir string) corev1.ResourceList {
+	cpu := resource.NewQuantity(int64(goruntime.NumCPU()), resource.DecimalSI)
+	mem := resource.NewQuantity(memTotal(), resource.BinarySI)
+	pods := resource.NewQuantity(110, resource.DecimalSI)
+	eph := resource.NewQuantity(diskTotal(dataDir), resource.BinarySI)
+	return corev1.ResourceList{corev1.ResourceCPU: *cpu, corev1.ResourceMemory: *mem, corev1.ResourcePods: *pods, corev1.ResourceEphemeralStorage: *eph}
+}
+
 func setCondition(st *corev1.NodeStatus, c corev1.NodeCondition, now metav1.Time) {
 	for i := range st.Conditions {
 		old := &st.Conditions[i]

@@ -46,7 +46,11 @@ func nodeFixturePods() []runtime.Object {
 			corev1.Volume{Name: "eph", VolumeSource: corev1.VolumeSource{Ephemeral: &corev1.EphemeralVolumeSource{}}},
 		)
 		p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "pull"}}
-		p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "X", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cm1"}, Key: "k"}}}}
+		p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "X", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cm1"}, Key: "k"}}},
+			{Name: "Y", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "s-env"}, Key: "k"}}},
+			{Name: "Z", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}
+		p.Spec.Containers[0].EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cm-from"}}},
+			{Prefix: "P_", SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "s-from"}}}}
 		p.Spec.InitContainers = []corev1.Container{{Name: "init", EnvFrom: []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "s-init"}}}}}}
 	})
 	p2 := testPod("ns1", "p2", "n2", "sa2", withSecretVolume("s2"))
@@ -87,6 +91,12 @@ func TestNodeAuthorizer(t *testing.T) {
 		{"projected configmap", res(n1, "get", "", "configmaps", "", "ns1", "cm-proj"), true},
 		{"env configmap", res(n1, "get", "", "configmaps", "", "ns1", "cm1"), true},
 		{"init envFrom secret", res(n1, "get", "", "secrets", "", "ns1", "s-init"), true},
+		{"env secretKeyRef", res(n1, "get", "", "secrets", "", "ns1", "s-env"), true},
+		{"envFrom configmap", res(n1, "get", "", "configmaps", "", "ns1", "cm-from"), true},
+		{"envFrom secret", res(n1, "get", "", "secrets", "", "ns1", "s-from"), true},
+		{"env secret of n1's pod for n2", res(n2, "get", "", "secrets", "", "ns1", "s-env"), false},
+		{"unreferenced secret", res(n1, "get", "", "secrets", "", "ns1", "s-unused"), false},
+		{"unreferenced configmap", res(n1, "get", "", "configmaps", "", "ns1", "cm-unused"), false},
 		{"image pull secret", res(n1, "get", "", "secrets", "", "ns1", "pull"), true},
 		{"pvc", res(n1, "get", "", "persistentvolumeclaims", "", "ns1", "claim1"), true},
 		{"ephemeral pvc", res(n1, "get", "", "persistentvolumeclaims", "", "ns1", "p1-eph"), true},

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,6 +35,10 @@ type logSink struct {
 
 type subscriber struct {
 	out, err io.Writer
+	// failed is closed (under the sink's lock) at the first failed write:
+	// the attached client is gone.
+	failed     chan struct{}
+	failedOnce bool
 }
 
 func newLogSink(path string, max int64) (*logSink, error) {
@@ -76,7 +81,10 @@ func (s *logSink) write(stream string, line []byte, partial bool) {
 			if partial {
 				raw = raw[:len(raw)-1]
 			}
-			_, _ = w.Write(raw)
+			if _, err := w.Write(raw); err != nil && sub.failed != nil && !sub.failedOnce {
+				sub.failedOnce = true
+				close(sub.failed)
+			}
 		}
 	}
 	if s.closed {
@@ -132,11 +140,12 @@ func (s *logSink) close() {
 }
 
 // pump copies a stream FIFO into sink line by line until r fails.
-func pump(r io.Reader, stream string, sink func() *logSink) {
-	br := bufio.NewReaderSize(r, maxLineBytes)
+func pump(r io.Reader, stream string, sink func() *logSink, n *pumpCount) {
+	br := bufio.NewReaderSize(countingReader{r, &n.read}, maxLineBytes)
 	for {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {
+			consumed := int64(len(line))
 			partial := line[len(line)-1] != '\n'
 			if !partial {
 				line = line[:len(line)-1]
@@ -144,11 +153,30 @@ func pump(r io.Reader, stream string, sink func() *logSink) {
 			if s := sink(); s != nil {
 				s.write(stream, line, partial && errors.Is(err, bufio.ErrBufferFull))
 			}
+			n.written.Add(consumed)
 		}
 		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
 			return
 		}
 	}
+}
+
+// pumpCount counts the bytes a pump took from its FIFO and the bytes it
+// has handed to the sink, so that an attach can wait until a container's
+// last output has been delivered (see container.drainOutput).
+type pumpCount struct {
+	read, written atomic.Int64
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // LogOptions select what ReadLogs returns (kubelet's containerLogs query).

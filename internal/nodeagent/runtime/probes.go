@@ -96,7 +96,7 @@ func (c *container) runProbe(ctx context.Context, pr *corev1.Probe, timeout time
 		if len(pr.Exec.Command) == 0 {
 			return errors.New("exec probe without a command")
 		}
-		env, dir, err := c.w.rt.execEnv(c)
+		env, dir, err := c.w.rt.execEnv(ctx, c)
 		if err != nil {
 			return err
 		}

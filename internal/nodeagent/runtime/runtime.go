@@ -39,6 +39,16 @@ type Config struct {
 	// Env returns extra environment for a pod's containers (service
 	// discovery, KUBERNETES_SERVICE_HOST...). Optional.
 	Env func(pod *corev1.Pod) []string
+	// EnvSource reads the ConfigMaps and Secrets of env valueFrom and
+	// envFrom. Optional: nil makes such references a
+	// CreateContainerConfigError.
+	EnvSource EnvSource
+	// Event records a kubelet-style event about a pod (Failed,
+	// InvalidEnvironmentVariableNames). Optional.
+	Event func(pod *corev1.Pod, eventType, reason, message string)
+	// Allocatable is the node's allocatable resources: the value of a
+	// resourceFieldRef to a limit the container does not set. Optional.
+	Allocatable corev1.ResourceList
 	// PrepareVolumes runs before a pod's first container starts and returns
 	// environment additions and bind mounts, or an error that keeps the pod
 	// Waiting. Optional.

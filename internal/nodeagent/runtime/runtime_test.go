@@ -265,29 +265,10 @@ func TestAdoptionAfterRestart(t *testing.T) {
 	}
 }
 
-func TestExpand(t *testing.T) {
-	env := map[string]string{"A": "1", "B": "x"}
-	for in, want := range map[string]string{
-		"$(A)":      "1",
-		"$(A)-$(B)": "1-x",
-		"$$(A)":     "$(A)",
-		"$(C)":      "$(C)",
-		"$(A":       "$(A",
-		"plain":     "plain",
-		"$":         "$",
-		"a$b":       "a$b",
-	} {
-		if got := expand(in, env); got != want {
-			t.Errorf("expand(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func FuzzParseLogLine(f *testing.F) {
 	f.Add([]byte("2024-01-01T00:00:00.000000000Z stdout F hello\n"))
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = parseLogLine(b)
-		_ = expand(string(b), map[string]string{"A": "b"})
 	})
 }

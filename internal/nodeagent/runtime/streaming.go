@@ -79,21 +79,27 @@ func (r *Runtime) Logs(ctx context.Context, ns, name, cname string, opts LogOpti
 	return readLogs(ctx, files, opts, out, sink, ended)
 }
 
-func (r *Runtime) execEnv(c *container) ([]string, string, error) {
+// execEnv is the environment of the container's running process (resolved
+// again for a process adopted from a previous agent).
+func (r *Runtime) execEnv(ctx context.Context, c *container) ([]string, string, error) {
 	w := c.w
 	w.mu.Lock()
 	pod := w.pod.DeepCopy()
 	extra := w.extraEnv
+	env := c.env
 	w.mu.Unlock()
-	env, err := containerEnv(pod, &c.spec, r.cfg.HostIP, w.podIPOrHost(), append(r.envFor(pod), extra...))
-	if err != nil {
-		return nil, "", err
-	}
 	dir := c.spec.WorkingDir
 	if dir == "" {
 		dir = "/"
 	}
-	return envList(env), dir, nil
+	if env != nil {
+		return env, dir, nil
+	}
+	res, err := r.resolveEnvQuiet(ctx, pod, &c.spec, w.podIPOrHost(), extra)
+	if err != nil {
+		return nil, "", err
+	}
+	return envList(res.process(pod.Name)), dir, nil
 }
 
 // ExecInContainer runs cmd with the container's environment and working
@@ -110,7 +116,7 @@ func (r *Runtime) ExecInContainer(ctx context.Context, podName, uid, cname strin
 	if len(cmd) == 0 {
 		return errors.New("exec needs a command")
 	}
-	env, dir, err := r.execEnv(c)
+	env, dir, err := r.execEnv(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -226,8 +232,15 @@ func openPTY() (*os.File, *os.File, error) {
 	return ptmx, tty, nil
 }
 
-// AttachContainer streams the container's output from now on
-// (remotecommand.Attacher). Process containers have no attachable stdin.
+// AttachContainer streams the container's output from now on and, for a
+// container with stdin: true, copies in to its stdin
+// (remotecommand.Attacher). With stdinOnce the container's stdin is closed
+// when the first attach that carried stdin ends. The attach ends when the
+// process exits (after its last output has been delivered), when ctx ends,
+// or when the client is gone (a failed write or stdin read).
+//
+// Process containers have no terminal: tty attaches get the same plain
+// streams (stdout and stderr merged when the client asked for a tty).
 func (r *Runtime) AttachContainer(ctx context.Context, podName, uid, cname string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommand.TerminalSize) error {
 	ns, name, err := splitName(podName)
 	if err != nil {
@@ -243,7 +256,12 @@ func (r *Runtime) AttachContainer(ctx context.Context, podName, uid, cname strin
 	if sink == nil || p == nil {
 		return fmt.Errorf("container %q is not running", cname)
 	}
-	sub := &subscriber{}
+	select {
+	case <-p.done:
+		return fmt.Errorf("container %q is not running", cname)
+	default:
+	}
+	sub := &subscriber{failed: make(chan struct{})}
 	if out != nil {
 		sub.out = out
 	}
@@ -254,11 +272,73 @@ func (r *Runtime) AttachContainer(ctx context.Context, podName, uid, cname strin
 	}
 	unsubscribe := sink.subscribe(sub)
 	defer unsubscribe()
+	if resize != nil {
+		go func() {
+			for range resize { // no terminal to resize
+			}
+		}()
+	}
+	gone := make(chan struct{})
+	if in != nil {
+		stdin, _ := c.stdinWriter(false)
+		if !c.spec.Stdin || stdin == nil {
+			// The container has no stdin (or a stdinOnce stdin already
+			// closed): the client's input is read and dropped.
+			go func() { _, _ = io.Copy(io.Discard, in) }()
+		} else {
+			if c.spec.StdinOnce {
+				defer c.closeStdin(stdin)
+			}
+			go func() {
+				_, err := io.Copy(stdin, in)
+				switch {
+				case err == nil && c.spec.StdinOnce:
+					c.closeStdin(stdin) // the client closed its stdin: EOF
+				case err != nil && !errors.Is(err, os.ErrClosed):
+					close(gone) // the client's stream broke
+				}
+			}()
+		}
+	}
 	select {
 	case <-ctx.Done():
+	case <-sub.failed:
+	case <-gone:
 	case <-p.done:
+		c.drainOutput(ctx)
 	}
 	return nil
+}
+
+// fifoQueued is the number of bytes waiting in f (FIONREAD), without
+// f.Fd(), which would take f out of the runtime poller.
+func fifoQueued(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil {
+		return 0, err
+	}
+	return n, ierr
+}
+
+// drainOutput waits (bounded) until the container's output written before
+// its exit has been read from its FIFOs and handed to the sink.
+func (c *container) drainOutput(ctx context.Context) {
+	deadline := time.Now().Add(2 * time.Second)
+	for i := range c.fifos {
+		f, n := c.fifos[i], &c.pumps[i]
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			queued, err := fifoQueued(f)
+			if err != nil || (queued == 0 && n.read.Load() == n.written.Load()) {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 }
 
 // PortForward connects stream to port on the pod's network (the host's

@@ -68,9 +68,14 @@ type container struct {
 	waitMessage  string
 	ready        bool
 	sink         *logSink
-	stopped      bool // supervisor finished
+	stopped      bool     // supervisor finished
+	env          []string // the running process's environment (for exec)
 
 	fifos []*os.File
+	pumps [2]pumpCount // stdout, stderr
+	// stdinW is the agent's end of stdin.fifo for containers with
+	// stdin: true (guarded by w.mu); nil after a stdinOnce attach closed it.
+	stdinW *os.File
 }
 
 // containerState is persisted so a restarted agent can adopt processes.
@@ -346,19 +351,67 @@ func (c *container) openFIFOs() error {
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return fmt.Errorf("container dir: %w", err)
 	}
-	for _, stream := range []string{"stdout", "stderr"} {
-		path := filepath.Join(c.dir, stream+".fifo")
-		if err := syscall.Mkfifo(path, 0o600); err != nil && !errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("mkfifo: %w", err)
-		}
-		f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NONBLOCK, 0)
+	for i, stream := range []string{"stdout", "stderr"} {
+		f, err := openFIFO(filepath.Join(c.dir, stream+".fifo"))
 		if err != nil {
-			return fmt.Errorf("open fifo: %w", err)
+			return err
 		}
 		c.fifos = append(c.fifos, f)
-		go pump(f, stream, c.currentSink)
+		go pump(f, stream, c.currentSink, &c.pumps[i])
+	}
+	if c.spec.Stdin {
+		f, err := openFIFO(c.stdinPath())
+		if err != nil {
+			return err
+		}
+		c.w.mu.Lock()
+		c.stdinW = f
+		c.w.mu.Unlock()
 	}
 	return nil
+}
+
+// openFIFO creates (if needed) and opens a FIFO read-write and
+// non-blocking: opening never waits for the other side, and the agent's
+// reads and writes go through the runtime poller (deadlines, Close).
+func openFIFO(path string) (*os.File, error) {
+	if err := syscall.Mkfifo(path, 0o600); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("mkfifo: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open fifo: %w", err)
+	}
+	return f, nil
+}
+
+func (c *container) stdinPath() string { return filepath.Join(c.dir, "stdin.fifo") }
+
+// stdinWriter returns the agent's end of the container's stdin, reopening
+// it for a container that restarts after a stdinOnce attach closed it (a
+// new container instance gets a new stdin, as with container engines).
+func (c *container) stdinWriter(reopen bool) (*os.File, error) {
+	c.w.mu.Lock()
+	defer c.w.mu.Unlock()
+	if c.stdinW == nil && reopen {
+		f, err := openFIFO(c.stdinPath())
+		if err != nil {
+			return nil, err
+		}
+		c.stdinW = f
+	}
+	return c.stdinW, nil
+}
+
+// closeStdin closes f, the agent's end of the container's stdin: with no
+// other writer left the process reads EOF (stdinOnce).
+func (c *container) closeStdin(f *os.File) {
+	c.w.mu.Lock()
+	if c.stdinW == f {
+		c.stdinW = nil
+	}
+	c.w.mu.Unlock()
+	_ = f.Close()
 }
 
 func (c *container) closeFIFOs() {
@@ -372,7 +425,12 @@ func (c *container) closeFIFOs() {
 	if c.sink != nil {
 		c.sink.close()
 	}
+	stdin := c.stdinW
+	c.stdinW = nil
 	c.w.mu.Unlock()
+	if stdin != nil {
+		_ = stdin.Close()
+	}
 }
 
 func (c *container) currentSink() *logSink {
@@ -389,11 +447,11 @@ func (c *container) logPath(restart int32) string {
 // the pod must not continue.
 func (c *container) runInit(ctx context.Context) bool {
 	policy := c.w.spec.RestartPolicy
-	crashes := 0
+	crashes, configTries := 0, 0
 	for {
-		p, err := c.start()
+		p, err := c.start(ctx)
 		if err != nil {
-			if !c.backoff(ctx, &crashes, "RunContainerError", err.Error()) {
+			if !c.startFailed(ctx, err, &crashes, &configTries) {
 				return false
 			}
 			continue
@@ -427,7 +485,7 @@ func (c *container) supervise(ctx context.Context, adopted *containerState) {
 		c.w.mu.Unlock()
 	}()
 	policy := c.w.spec.RestartPolicy
-	crashes := 0
+	crashes, configTries := 0, 0
 	var p *procEntry
 	if adopted != nil {
 		p = c.adopt(adopted)
@@ -438,12 +496,13 @@ func (c *container) supervise(ctx context.Context, adopted *containerState) {
 				return
 			}
 			var err error
-			if p, err = c.start(); err != nil {
-				if !c.backoff(ctx, &crashes, "RunContainerError", err.Error()) {
+			if p, err = c.start(ctx); err != nil {
+				if !c.startFailed(ctx, err, &crashes, &configTries) {
 					return
 				}
 				continue
 			}
+			configTries = 0
 		}
 		probeCtx, stopProbes := context.WithCancel(ctx)
 		go c.probe(probeCtx, p)
@@ -482,8 +541,30 @@ func (c *container) backoff(ctx context.Context, crashes *int, reason, msg strin
 	return c.w.sleep(ctx, d)
 }
 
+// startFailed waits before the next start attempt; false when the worker
+// stops. A configuration that cannot be resolved yet (ConfigError) waits
+// with CreateContainerConfigError and is retried soon (1 s doubling to
+// 10 s), as kubelet retries on its next sync; other errors back off as
+// crashes do.
+func (c *container) startFailed(ctx context.Context, err error, crashes, configTries *int) bool {
+	var ce *ConfigError
+	if !errors.As(err, &ce) {
+		return c.backoff(ctx, crashes, "RunContainerError", err.Error())
+	}
+	c.w.mu.Lock()
+	repeated := c.waitReason == "CreateContainerConfigError" && c.waitMessage == err.Error()
+	c.w.mu.Unlock()
+	if !repeated {
+		c.w.rt.event(c.w.snapshot(), corev1.EventTypeWarning, "Failed", "Error: "+err.Error())
+	}
+	c.setWaiting("CreateContainerConfigError", err.Error())
+	d := min(time.Second<<min(*configTries, 4), 10*time.Second)
+	*configTries++
+	return c.w.sleep(ctx, d)
+}
+
 // start launches a new process for the container.
-func (c *container) start() (*procEntry, error) {
+func (c *container) start(ctx context.Context) (*procEntry, error) {
 	w := c.w
 	if len(c.spec.Command) == 0 && len(c.spec.Args) == 0 {
 		return nil, errors.New("the process runtime runs spec.command/args on the host; it does not run images, and this container has no command")
@@ -499,13 +580,12 @@ func (c *container) start() (*procEntry, error) {
 		restarts++
 	}
 	w.mu.Unlock()
-	env, err := containerEnv(pod, &c.spec, w.rt.cfg.HostIP, w.podIPOrHost(), append(w.rt.envFor(pod), extra...))
+	res, err := w.rt.resolveEnv(ctx, pod, &c.spec, w.podIPOrHost(), extra)
 	if err != nil {
 		return nil, err
 	}
-	for i := range argv {
-		argv[i] = expand(argv[i], env)
-	}
+	env := res.process(pod.Name)
+	argv = expandArgs(argv, res.vars)
 	path, err := lookPath(argv[0], env)
 	if err != nil {
 		return nil, err
@@ -552,6 +632,7 @@ func (c *container) start() (*procEntry, error) {
 		c.restartCount++
 	}
 	c.term = nil
+	c.env = envList(env)
 	c.startedAt = time.Now()
 	c.waitReason, c.waitMessage = "", ""
 	c.ready = c.spec.ReadinessProbe == nil && !c.init
@@ -564,12 +645,32 @@ func (c *container) start() (*procEntry, error) {
 	return e, nil
 }
 
+// stdio opens the new process's stdin, stdout and stderr. Stdin is
+// /dev/null unless the container has stdin: true; then it is stdin.fifo,
+// which attach writes to. With stdinOnce the process holds only the read
+// end, so it reads EOF when the agent closes its end after the first
+// attach; otherwise the process holds it read-write and its stdin stays
+// open across attaches and agent restarts.
 func (c *container) stdio() ([]*os.File, func(), error) {
-	null, err := os.Open(os.DevNull)
-	if err != nil {
-		return nil, nil, err
+	var stdin *os.File
+	var err error
+	switch {
+	case !c.spec.Stdin:
+		stdin, err = os.Open(os.DevNull)
+	case c.spec.StdinOnce:
+		// A writer must exist, or opening the read end would block.
+		if _, err = c.stdinWriter(true); err == nil {
+			stdin, err = os.OpenFile(c.stdinPath(), os.O_RDONLY, 0)
+		}
+	default:
+		if _, err = c.stdinWriter(true); err == nil {
+			stdin, err = os.OpenFile(c.stdinPath(), os.O_RDWR, 0)
+		}
 	}
-	files := []*os.File{null}
+	if err != nil {
+		return nil, nil, fmt.Errorf("container stdin: %w", err)
+	}
+	files := []*os.File{stdin}
 	for _, stream := range []string{"stdout", "stderr"} {
 		f, err := os.OpenFile(filepath.Join(c.dir, stream+".fifo"), os.O_RDWR, 0)
 		if err != nil {
