@@ -36,6 +36,9 @@ type agent struct {
 	// NetFlags select the pod network and service proxy; nil: host
 	// networking with the userspace proxy.
 	NetFlags []string
+	// Wrap runs the agent under a command, e.g. ip netns exec NS (the HA
+	// cluster's agents only).
+	Wrap []string
 
 	cmd    *exec.Cmd
 	logf   *os.File

@@ -177,9 +177,13 @@ func (c *haCluster) startAgent(a *agent, servers string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(tetherBin, "agent", "--server", servers, "--token", c.token, "--ca-cert", c.shared.CACertFile,
+	args := append([]string{"agent", "--server", servers, "--token", c.token, "--ca-cert", c.shared.CACertFile,
 		"--node-name", a.Name, "--data-dir", a.Dir, "--node-ip", a.IP, "--kubelet-address", a.IP,
-		"--kubelet-port", strconv.Itoa(a.KubeletPort), "--stop-pods-on-exit")
+		"--kubelet-port", strconv.Itoa(a.KubeletPort), "--stop-pods-on-exit"}, a.NetFlags...)
+	cmd := exec.Command(tetherBin, args...)
+	if len(a.Wrap) > 0 { // e.g. ip netns exec NS (it execs, so the pid stays the agent's)
+		cmd = exec.Command(a.Wrap[0], append(append(slices.Clone(a.Wrap[1:]), tetherBin), args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "HOME="+a.Dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

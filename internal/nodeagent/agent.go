@@ -373,7 +373,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	start("service-proxy", svcProxy.Run)
 	start("runtime", rt.Run)
 	start("kubelet-api", kapi.Run)
-	node := &nodeStatus{a: a, client: client, port: int32(port)}
+	node := &nodeStatus{a: a, client: client, port: int32(port), kick: make(chan struct{}, 1)}
 	if err := node.register(ctx); err != nil {
 		cancel()
 		wg.Wait()

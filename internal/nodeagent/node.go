@@ -8,6 +8,7 @@ import (
 	goruntime "runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,6 +35,14 @@ type nodeStatus struct {
 	client kubernetes.Interface
 	port   int32
 	uid    string
+	// stale is set when a Lease renewal failed or came late (the node was
+	// cut off from the hub): the node lifecycle controller may have marked
+	// the node Ready=Unknown meanwhile, so the next successful renewal
+	// kicks a status post instead of leaving the node NotReady until the
+	// next StatusInterval tick (kubelet re-checks its status every 10s).
+	// A successful status post clears it.
+	stale atomic.Bool
+	kick  chan struct{} // buffered (1); nil: no kicks
 }
 
 func (n *nodeStatus) labels() map[string]string {
@@ -85,13 +94,22 @@ func (n *nodeStatus) run(ctx context.Context) error {
 	t := time.NewTicker(n.a.cfg.StatusInterval)
 	defer t.Stop()
 	for {
+		kicked := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-n.kick:
+			kicked = true
 		}
-		if err := n.postStatus(ctx); err != nil && ctx.Err() == nil {
-			n.a.log.Warn("node status update failed", "err", err)
+		if err := n.postStatus(ctx); err != nil {
+			if ctx.Err() == nil {
+				n.a.log.Warn("node status update failed", "err", err)
+			}
+			continue
+		}
+		if n.stale.Swap(false) || kicked {
+			n.a.log.Info("node status posted after the hub was unreachable")
 		}
 	}
 }
@@ -177,9 +195,27 @@ func setCondition(st *corev1.NodeStatus, c corev1.NodeCondition, now metav1.Time
 func (n *nodeStatus) runLease(ctx context.Context) error {
 	t := time.NewTicker(n.a.cfg.LeaseRenewInterval)
 	defer t.Stop()
+	var last time.Time // start of the last successful renewal
 	for {
-		if err := n.renewLease(ctx); err != nil && ctx.Err() == nil {
-			n.a.log.Warn("lease renewal failed", "err", err)
+		started := time.Now()
+		if err := n.renewLease(ctx); err != nil {
+			if ctx.Err() == nil {
+				n.a.log.Warn("lease renewal failed", "err", err)
+			}
+			n.stale.Store(true)
+		} else {
+			// A renewal that hung past the next ones (a black-holed
+			// connection that came back) fails nothing but is late all the same.
+			if !last.IsZero() && started.Sub(last) > 2*n.a.cfg.LeaseRenewInterval {
+				n.stale.Store(true)
+			}
+			last = started
+			if n.stale.Load() {
+				select {
+				case n.kick <- struct{}{}:
+				default:
+				}
+			}
 		}
 		select {
 		case <-ctx.Done():
