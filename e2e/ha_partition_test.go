@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -271,63 +270,6 @@ func (p *partitionNet) assertGone(t *testing.T, marker string) {
 	}
 }
 
-// ackedWriter creates ConfigMaps through the load balancer until stopped,
-// recording every write the API acknowledged.
-type ackedWriter struct {
-	mu      sync.Mutex
-	acked   map[string]string // name → value
-	ackedAt []time.Time
-	failed  int
-	stop    chan struct{}
-	done    chan struct{}
-}
-
-func startWriter(cs kubernetes.Interface, ns string) *ackedWriter {
-	w := &ackedWriter{acked: map[string]string{}, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		tick := time.NewTicker(100 * time.Millisecond) // write rate, not synchronisation
-		defer tick.Stop()
-		for i := 0; i < 5000; i++ { // ~8 minutes at most at this rate
-			select {
-			case <-w.stop:
-				return
-			case <-tick.C:
-			}
-			name, val := fmt.Sprintf("w-%05d", i), strconv.FormatInt(time.Now().UnixNano(), 10)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			_, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, configMap(name, map[string]string{"v": val}), metav1.CreateOptions{})
-			cancel()
-			w.mu.Lock()
-			if err == nil {
-				w.acked[name] = val
-				w.ackedAt = append(w.ackedAt, time.Now())
-			} else {
-				w.failed++
-			}
-			w.mu.Unlock()
-		}
-	}()
-	return w
-}
-
-func (w *ackedWriter) finish() {
-	close(w.stop)
-	<-w.done
-}
-
-func (w *ackedWriter) between(from, to time.Time) int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n := 0
-	for _, at := range w.ackedAt {
-		if at.After(from) && at.Before(to) {
-			n++
-		}
-	}
-	return n
-}
-
 // seqOf parses "seq N" lines and checks they count up from 0 without a
 // gap or a restart; it returns the last N.
 func seqOf(logs string) (int, error) {
@@ -470,20 +412,10 @@ func TestHAPartition(t *testing.T) {
 		return err
 	})
 
-	w := startWriter(cs, ns)
-	writerStopped := false
-	defer func() {
-		if !writerStopped {
-			w.finish()
-		}
-	}()
-	// Some writes are acknowledged before the cut.
-	eventually(t, 30*time.Second, "writes acknowledged", func() error {
-		if n := w.between(start, time.Now()); n < 5 {
-			return fmt.Errorf("%d acknowledged", n)
-		}
-		return nil
-	})
+	// ConfigMaps part-<n> in "default" through the load balancer, the
+	// whole time (ha_faults_test.go's writer); some acknowledged before the cut.
+	w := startWriter(t, c, "part-")
+	w.waitAcks(t, start, 5, 30*time.Second)
 
 	// The cut.
 	if err := pn.cut(); err != nil {
@@ -597,7 +529,14 @@ func TestHAPartition(t *testing.T) {
 	if drops["input"] == 0 || drops["output"] == 0 {
 		t.Errorf("the drop rules dropped nothing (%v): the node was not cut off", drops)
 	}
-	writesDuring := w.between(cut, healAt)
+	writesDuring := 0
+	w.mu.Lock()
+	for _, ack := range w.acked {
+		if ack.end.After(cut) && ack.end.Before(healAt) {
+			writesDuring++
+		}
+	}
+	w.mu.Unlock()
 
 	// Back: Ready, untainted, the same pods Ready again. The agent posts
 	// its status as soon as its Lease renews again (every 10s; a dial to
@@ -705,23 +644,23 @@ func TestHAPartition(t *testing.T) {
 	t.Logf("pods per kubelet after healing: %v", runningOn)
 
 	// Every acknowledged write is there with its value.
-	w.finish()
-	writerStopped = true
-	cms, err := cs.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{})
+	w.stop()
+	cms, err := cs.CoreV1().ConfigMaps("default").List(ctx, metav1.ListOptions{LabelSelector: "writer=part"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	have := map[string]string{}
 	for _, cm := range cms.Items {
-		have[cm.Name] = cm.Data["v"]
+		have[cm.Name] = cm.Data["n"]
 	}
-	w.mu.Lock()
-	for name, v := range w.acked {
-		if got, ok := have[name]; !ok || got != v {
-			t.Errorf("acknowledged write %s=%s lost (have %q, %v)", name, v, got, ok)
+	acked := w.ackedNames()
+	for _, name := range acked {
+		if got, ok := have[name]; !ok || got != strings.TrimPrefix(name, "part-") {
+			t.Errorf("acknowledged write %s lost (have %q, %v)", name, got, ok)
 		}
 	}
-	t.Logf("writer: %d writes acknowledged (%d during the partition), %d failed", len(w.acked), writesDuring, w.failed)
+	w.mu.Lock()
+	t.Logf("writer: %d writes acknowledged (%d during the partition), %d failed (last error %v)", len(acked), writesDuring, w.failed, w.last)
 	w.mu.Unlock()
 	if writesDuring == 0 {
 		t.Error("no write was acknowledged during the partition of one node")
