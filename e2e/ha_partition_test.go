@@ -660,7 +660,7 @@ func TestHAPartition(t *testing.T) {
 		}
 	}
 	w.mu.Lock()
-	t.Logf("writer: %d writes acknowledged (%d during the partition), %d failed (last error %v)", len(acked), writesDuring, w.failed, w.last)
+	t.Logf("writer: %d writes acknowledged (%d during the partition), %d failed (last error %v)", len(acked), writesDuring, len(w.failed), w.last)
 	w.mu.Unlock()
 	if writesDuring == 0 {
 		t.Error("no write was acknowledged during the partition of one node")
