@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -123,22 +124,31 @@ func TestHTTPConnectProxyGoneIsNotEOF(t *testing.T) {
 		t.Fatalf("download: %d bytes, %v; want 1 MiB and a clean end", n, err)
 	}
 
-	// The path dies while the tunnel is idle (at a TLS record boundary).
-	c, err = d.DialContext(ctx, "tcp", be.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := konnectivitytest.Command(c, konnectivitytest.CmdEcho, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := konnectivitytest.EchoRoundTrip(c, []byte("before the cut")); err != nil {
-		t.Fatal(err)
-	}
-	path.Kill()
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err = c.Read(make([]byte, 10))
-	if !errors.Is(err, client.ErrReset) {
-		t.Fatalf("read after the proxy went away: %v; want an error wrapping client.ErrReset", err)
+	// The path dies while the tunnel is idle (at a TLS record boundary):
+	// closed with FIN (a killed process with nothing unread) or reset.
+	for _, cut := range []struct {
+		name string
+		do   func()
+	}{{"fin", path.CloseAll}, {"reset", path.Kill}} {
+		c, err = d.DialContext(ctx, "tcp", be.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := konnectivitytest.Command(c, konnectivitytest.CmdEcho, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := konnectivitytest.EchoRoundTrip(c, []byte("before the cut")); err != nil {
+			t.Fatal(err)
+		}
+		cut.do()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 10))
+		c.Close()
+		if err == nil || errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("%s: read after the proxy went away: %v; want an error, not EOF", cut.name, err)
+		}
+		if cut.name == "fin" && !errors.Is(err, client.ErrReset) {
+			t.Fatalf("fin: read after the proxy went away: %v; want an error wrapping client.ErrReset", err)
+		}
 	}
 }

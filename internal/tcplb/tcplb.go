@@ -173,8 +173,13 @@ func (l *LB) serve(ctx context.Context, c net.Conn) {
 	defer stop()
 	done := make(chan struct{}, 2)
 	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
+		if _, err := io.Copy(dst, src); err != nil {
+			// An abnormal end (a reset, a failed write) is passed on as a
+			// reset of both sides, never as a clean end of stream that the
+			// other side would take for a complete transfer.
+			resetClose(dst)
+			resetClose(src)
+		} else if tc, ok := dst.(*net.TCPConn); ok {
 			_ = tc.CloseWrite()
 		}
 		done <- struct{}{}
@@ -183,4 +188,12 @@ func (l *LB) serve(ctx context.Context, c net.Conn) {
 	go pipe(c, b)
 	<-done
 	<-done
+}
+
+// resetClose closes c with a TCP reset (SO_LINGER 0).
+func resetClose(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
 }

@@ -365,3 +365,14 @@ func (p *Proxy) Kill() {
 		_ = c.Close()
 	}
 }
+
+// CloseAll closes every proxied connection normally (FIN), as the kernel does
+// for a killed process that had nothing unread: a TLS peer sees its stream
+// end without close_notify.
+func (p *Proxy) CloseAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.open {
+		_ = c.Close()
+	}
+}
