@@ -313,28 +313,17 @@ func (a *Agent) serverCount() int {
 
 // slot keeps one server connection up, with capped exponential backoff and jitter.
 func (a *Agent) slot(ctx context.Context, addr string, grow chan<- struct{}) {
-	delay := a.cfg.SyncInterval
+	b := backoff{base: a.cfg.SyncInterval, cap: a.cfg.SyncIntervalCap}
 	for ctx.Err() == nil {
 		started := time.Now()
 		ok, err := a.session(ctx, addr, grow)
 		if ctx.Err() != nil {
 			return
 		}
-		if ok {
-			// A working connection dropped: come back quickly.
-			delay = a.cfg.SyncInterval / 10
-			if time.Since(started) < time.Second {
-				delay = a.cfg.SyncInterval
-			}
-		}
 		if err != nil {
 			a.log.Debug("server connection ended", "server", addr, "err", err)
 		}
-		wait := jitter(delay)
-		delay *= 2
-		if delay > a.cfg.SyncIntervalCap {
-			delay = a.cfg.SyncIntervalCap
-		}
+		wait := jitter(b.next(ok, time.Since(started), time.Now()))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -343,6 +332,43 @@ func (a *Agent) slot(ctx context.Context, addr string, grow chan<- struct{}) {
 		case <-t.C:
 		}
 	}
+}
+
+// recentLoss is how long after a working connection dropped the agent keeps
+// retrying at least every SyncInterval (a restarted or briefly unreachable
+// server is picked up within about SyncInterval of coming back) before the
+// backoff may grow to SyncIntervalCap.
+const recentLoss = 30 * time.Second
+
+// backoff computes the waits between connection attempts of one slot:
+// exponential from base up to cap; after a connection that had worked for a
+// second or more dropped, the first retry comes after base/10 and, for
+// recentLoss, the waits stay at most base.
+type backoff struct {
+	base, cap time.Duration
+	delay     time.Duration
+	lostAt    time.Time
+}
+
+// next returns the wait after an attempt; ok reports whether the attempt
+// connected and lasted how long it ran.
+func (b *backoff) next(ok bool, lasted time.Duration, now time.Time) time.Duration {
+	if b.delay == 0 {
+		b.delay = b.base
+	}
+	if ok {
+		b.delay = b.base // a connection that broke at once (flapping) backs off normally
+		if lasted >= time.Second {
+			b.delay, b.lostAt = b.base/10, now
+		}
+	}
+	limit := b.cap
+	if !b.lostAt.IsZero() && now.Sub(b.lostAt) < recentLoss {
+		limit = min(b.base, b.cap)
+	}
+	d := min(b.delay, limit)
+	b.delay = min(b.delay*2, limit)
+	return d
 }
 
 // jitter returns d scaled by a random factor in [0.75, 1.25).
