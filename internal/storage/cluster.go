@@ -30,8 +30,10 @@ type ClusterConfig struct {
 }
 
 // Cluster is the plan of a TLS etcd cluster: the certificates exist; each
-// member is started with New(c.Member(i)) and Run, so callers (tests,
-// `tether up --etcd-members`) can stop and restart members one by one.
+// member is started on its own — in this process with New(c.Member(i)) and
+// Run, or as a `tether etcd` child process with StartProcess/RunProcess (as
+// `tether up --etcd-members` and the HA tests do, so a member can be
+// SIGKILLed) — and can be stopped and restarted one by one.
 type Cluster struct {
 	cfg ClusterConfig
 	// CAFile, CertFile and KeyFile are the client credentials for the hubs

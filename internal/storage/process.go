@@ -50,27 +50,37 @@ func OpenCluster(dir string, logger *slog.Logger) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: %s is not an etcd cluster dir made by tether: %w", dir, err)
 	}
-	var l layout
-	if err := json.Unmarshal(b, &l); err != nil {
-		return nil, fmt.Errorf("storage: %s: %w", filepath.Join(dir, layoutFile), err)
+	cfg, err := parseLayout(b, filepath.Join(dir, layoutFile))
+	if err != nil {
+		return nil, err
 	}
-	cfg := ClusterConfig{Dir: dir, ClientPort: l.ClientPort, PeerPort: l.PeerPort, Logger: logger}
-	for _, s := range l.IPs {
-		ip := net.ParseIP(s)
-		if ip == nil {
-			return nil, fmt.Errorf("storage: %s: bad member address %q", filepath.Join(dir, layoutFile), s)
-		}
-		cfg.IPs = append(cfg.IPs, ip)
-	}
-	if len(cfg.IPs) == 0 || cfg.ClientPort < 1 || cfg.ClientPort > 65535 || cfg.PeerPort < 1 || cfg.PeerPort > 65535 {
-		return nil, fmt.Errorf("storage: %s: want member addresses and ports 1-65535", filepath.Join(dir, layoutFile))
-	}
+	cfg.Dir, cfg.Logger = dir, logger
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	pkiDir := filepath.Join(dir, "pki")
 	c := &Cluster{cfg: cfg, CAFile: filepath.Join(pkiDir, "ca.crt"), CertFile: filepath.Join(pkiDir, "client.crt"), KeyFile: filepath.Join(pkiDir, "client.key")}
 	return c, nil
+}
+
+// parseLayout checks a cluster.json (named by path in errors).
+func parseLayout(b []byte, path string) (ClusterConfig, error) {
+	var l layout
+	if err := json.Unmarshal(b, &l); err != nil {
+		return ClusterConfig{}, fmt.Errorf("storage: %s: %w", path, err)
+	}
+	cfg := ClusterConfig{ClientPort: l.ClientPort, PeerPort: l.PeerPort}
+	for _, s := range l.IPs {
+		ip := net.ParseIP(s)
+		if ip == nil {
+			return ClusterConfig{}, fmt.Errorf("storage: %s: bad member address %q", path, s)
+		}
+		cfg.IPs = append(cfg.IPs, ip)
+	}
+	if len(cfg.IPs) == 0 || cfg.ClientPort < 1 || cfg.ClientPort > 65535 || cfg.PeerPort < 1 || cfg.PeerPort > 65535 {
+		return ClusterConfig{}, fmt.Errorf("storage: %s: want member addresses and ports 1-65535", path)
+	}
+	return cfg, nil
 }
 
 // Members is the number of members.

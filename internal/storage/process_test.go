@@ -226,3 +226,25 @@ func TestRunProcessRestarts(t *testing.T) {
 		t.Fatalf("member pid %d still there after RunProcess returned: %v", second, err)
 	}
 }
+
+// FuzzParseLayout: any cluster.json is a config with members and valid
+// ports, or an error; never a panic.
+func FuzzParseLayout(f *testing.F) {
+	f.Add([]byte(`{"ips":["127.0.0.1","::1"],"clientPort":2379,"peerPort":2380}`))
+	f.Add([]byte(`{"ips":["x"],"clientPort":2379,"peerPort":2380}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cfg, err := parseLayout(b, "cluster.json")
+		if err != nil {
+			return
+		}
+		if len(cfg.IPs) == 0 || cfg.ClientPort < 1 || cfg.ClientPort > 65535 || cfg.PeerPort < 1 || cfg.PeerPort > 65535 {
+			t.Fatalf("accepted %q as %+v", b, cfg)
+		}
+		for _, ip := range cfg.IPs {
+			if ip == nil {
+				t.Fatalf("nil address from %q", b)
+			}
+		}
+	})
+}
