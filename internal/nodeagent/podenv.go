@@ -46,7 +46,8 @@ func (s envSource) Secret(ctx context.Context, namespace, name string) (*corev1.
 func (p *podSync) event(pod *corev1.Pod, eventType, reason, message string) {
 	now := metav1.NewTime(time.Now())
 	ev := &corev1.Event{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: pod.Name + ".", Namespace: pod.Namespace},
+		// Named as client-go's event recorder names events.
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%v.%x", pod.Name, now.UnixNano()), Namespace: pod.Namespace},
 		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name,
 			UID: pod.UID, ResourceVersion: pod.ResourceVersion},
 		Reason: reason, Message: message, Type: eventType,
@@ -57,7 +58,7 @@ func (p *podSync) event(pod *corev1.Pod, eventType, reason, message string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := p.client.CoreV1().Events(pod.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
-		p.a.log.Debug("recording event failed", "pod", pod.Namespace+"/"+pod.Name, "reason", reason, "err", fmt.Sprint(err))
+		p.a.log.Warn("recording event failed", "pod", pod.Namespace+"/"+pod.Name, "reason", reason, "err", err)
 	}
-	p.a.log.Info("pod event", "pod", pod.Namespace+"/"+pod.Name, "type", eventType, "reason", reason, "message", message)
+	p.a.log.Debug("pod event", "pod", pod.Namespace+"/"+pod.Name, "type", eventType, "reason", reason, "message", message)
 }
