@@ -17,6 +17,7 @@ import (
 	"math/big"
 	mrand "math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -577,6 +578,27 @@ func (c *khaCluster) waitAgents(tb testing.TB, want float64, since time.Time, bo
 	return time.Since(since)
 }
 
+// waitListening polls server i's health port until it answers and returns
+// the time since `since` (process start-up: the floor under any reconnect).
+func (c *khaCluster) waitListening(tb testing.TB, i int, since time.Time, bound time.Duration) time.Duration {
+	tb.Helper()
+	hc := &http.Client{Timeout: time.Second}
+	url := "http://" + net.JoinHostPort(c.ip(11+i), strconv.Itoa(khaHealthPort)) + "/healthz"
+	for {
+		resp, err := hc.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return time.Since(since)
+			}
+		}
+		if time.Since(since) > bound {
+			tb.Fatalf("server %d not listening %s after its start: %v\n%s", i, bound, err, c.servers[i].logTail())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 // waitServerUsed dials every backend through server i directly until both
 // succeed; it returns the time from `since` to the last first success.
 func (c *khaCluster) waitServerUsed(tb testing.TB, i int, since time.Time, bound time.Duration) time.Duration {
@@ -710,6 +732,7 @@ func TestKonnectivityServerKilledUnderLoad(t *testing.T) {
 
 	// Restart: the agents reconnect and the server carries dials again.
 	c.servers[victim].start(t)
+	listening := c.waitListening(t, victim, restartAt, 60*time.Second)
 	reconnect := c.waitAgents(t, khaServers, restartAt, 60*time.Second)
 	reused := c.waitServerUsed(t, victim, restartAt, 60*time.Second)
 	// And the load keeps working through the load balancer afterwards.
@@ -719,8 +742,8 @@ func TestKonnectivityServerKilledUnderLoad(t *testing.T) {
 	})
 	load.halt()
 	up := khaSummarise(load.snapshot(), restartAt, time.Now())
-	t.Logf("restart → agents reconnected: %s; restart → dials through it work: %s; dials after restart: %d ok, %d dials failed, %d connections broken %v",
-		reconnect.Round(time.Millisecond), reused.Round(time.Millisecond), up.ok, up.failed, up.broken, up.firstErrors)
+	t.Logf("restart → listening: %s; → agents reconnected: %s; → dials through it work: %s; dials after restart: %d ok, %d dials failed, %d connections broken %v",
+		listening.Round(time.Millisecond), reconnect.Round(time.Millisecond), reused.Round(time.Millisecond), up.ok, up.failed, up.broken, up.firstErrors)
 	if up.failed+up.broken > 0 {
 		t.Errorf("%d dials and %d connections through the load balancer failed after the restart: %v", up.failed, up.broken, up.firstErrors)
 	}
@@ -749,12 +772,14 @@ func TestKonnectivityServerKilledUnderLoad(t *testing.T) {
 // through the load-balanced address: SIGKILL one of three servers (in turn),
 // keep it down for 2 s, restart it. Reported over the iterations (p50 and
 // max): kill → end of the first successful dial started after the kill,
-// kill → end of the last failed dial (0 when none failed), restart → both
-// agents reconnected, restart → dials through the restarted server work
-// again (what "used again" means for a frontend: behind the load balancer it
-// gets new connections as soon as its 5 s rest ends).
+// kill → end of the last failed dial or echo (0 when none failed), restart →
+// the new process listens (the same-run floor for the next two), restart →
+// both agents reconnected, restart → dials through the restarted server work
+// again (behind the load balancer it gets new connections once its 5 s rest
+// ends). A second dialer with DialAttempts 1 (no retries, like upstream's
+// konnectivity-client) runs alongside as the baseline: *-noretry.
 //
-//	go test -run '^$' -bench KonnectivityFailover -benchtime 5x ./e2e/
+//	go test -run '^$' -bench KonnectivityFailover -benchtime 10x ./e2e/
 func BenchmarkKonnectivityFailover(b *testing.B) {
 	c := startKHA(b)
 	load := c.startDialLoad(b, 3, 10*time.Millisecond, 0)
@@ -769,7 +794,7 @@ func BenchmarkKonnectivityFailover(b *testing.B) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	const downFor = 2 * time.Second
-	var firstGood, lastFail, firstGoodPlain, lastFailPlain, reconnect, reused []float64
+	var firstGood, lastFail, firstGoodPlain, lastFailPlain, listening, reconnect, reused []float64
 	b.ResetTimer()
 	for i := range b.N {
 		victim := i % khaServers
@@ -794,6 +819,7 @@ func BenchmarkKonnectivityFailover(b *testing.B) {
 		firstGoodPlain = append(firstGoodPlain, sp.firstGood.Seconds())
 		lastFailPlain = append(lastFailPlain, sp.lastFail.Seconds())
 		c.servers[victim].start(b)
+		listening = append(listening, c.waitListening(b, victim, restartAt, 60*time.Second).Seconds())
 		reconnect = append(reconnect, c.waitAgents(b, khaServers, restartAt, 60*time.Second).Seconds())
 		reused = append(reused, c.waitServerUsed(b, victim, restartAt, 60*time.Second).Seconds())
 	}
@@ -811,6 +837,7 @@ func BenchmarkKonnectivityFailover(b *testing.B) {
 	report("s-kill-last-fail", lastFail)
 	report("s-kill-first-dial-noretry", firstGoodPlain)
 	report("s-kill-last-fail-noretry", lastFailPlain)
+	report("s-restart-listening", listening)
 	report("s-restart-agents", reconnect)
 	report("s-restart-reused", reused)
 	b.ReportMetric(float64(after.failed), "failed-dials")
