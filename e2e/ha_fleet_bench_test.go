@@ -82,6 +82,9 @@ func BenchmarkHAFleet(b *testing.B) {
 	}
 	dbBefore := c.etcdInUse(b)
 	goBefore := c.hubGoMetrics(b)
+	if dir := os.Getenv("TETHER_FLEET_PPROF"); dir != "" {
+		c.saveHeapProfiles(b, dir, "before")
+	}
 	load0 := loadAvg()
 
 	// Identities: one key and certificate per node, signed by the cluster CA.
@@ -186,7 +189,7 @@ func BenchmarkHAFleet(b *testing.B) {
 		}
 		goDuring = c.hubGoMetrics(b)
 		if dir := os.Getenv("TETHER_FLEET_PPROF"); dir != "" {
-			c.saveHeapProfiles(b, dir)
+			c.saveHeapProfiles(b, dir, "during")
 		}
 		w := st.end()
 		loads = append(loads, loadAvg())
@@ -587,7 +590,7 @@ func (c *haCluster) hubGoMetrics(t testing.TB) map[string]float64 {
 
 // saveHeapProfiles writes every replica's /debug/pprof/heap to dir
 // (TETHER_FLEET_PPROF: investigating the per-node memory).
-func (c *haCluster) saveHeapProfiles(t testing.TB, dir string) {
+func (c *haCluster) saveHeapProfiles(t testing.TB, dir, tag string) {
 	t.Helper()
 	for i, h := range c.hubs {
 		cs, err := kubernetes.NewForConfig(c.config(h.url(c.port)))
@@ -600,7 +603,7 @@ func (c *haCluster) saveHeapProfiles(t testing.TB, dir string) {
 		if err != nil {
 			t.Fatalf("hub %d heap profile: %v", i+1, err)
 		}
-		if err := os.WriteFile(fmt.Sprintf("%s/hub-%d.heap", dir, i+1), body, 0o644); err != nil {
+		if err := os.WriteFile(fmt.Sprintf("%s/hub-%d-%s.heap", dir, i+1, tag), body, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
