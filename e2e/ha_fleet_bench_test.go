@@ -127,7 +127,9 @@ func BenchmarkHAFleet(b *testing.B) {
 	var renewers sync.WaitGroup
 	defer func() { cancel(); renewers.Wait() }()
 	start = time.Now()
-	var next atomic.Int64
+	const regLimit = 15 * time.Minute
+	regDeadline := start.Add(regLimit)
+	var next, regRetries, registered atomic.Int64
 	var regErr atomic.Value
 	var wg sync.WaitGroup
 	for range 32 {
@@ -140,10 +142,22 @@ func BenchmarkHAFleet(b *testing.B) {
 					return
 				}
 				n := fleet[i]
-				if err := n.register(ctx); err != nil {
-					regErr.Store(fmt.Errorf("register %s: %w", n.name, err))
-					return
+				// As `tether agent`, retry until the hub answers (bounded).
+				for {
+					err := n.register(ctx)
+					if err == nil {
+						break
+					}
+					if time.Now().After(regDeadline) {
+						// The hubs are saturated: measure the nodes
+						// that made it.
+						regErr.Store(fmt.Errorf("register %s: not within %s: %w", n.name, regLimit, err))
+						return
+					}
+					regRetries.Add(1)
+					time.Sleep(time.Second) // retry back-off
 				}
+				registered.Add(1)
 				renewers.Add(1)
 				go func() { defer renewers.Done(); n.renewLoop(ctx, period, st) }()
 			}
@@ -151,10 +165,15 @@ func BenchmarkHAFleet(b *testing.B) {
 	}
 	wg.Wait()
 	if err, _ := regErr.Load().(error); err != nil {
-		b.Fatal(err)
+		b.Logf("registration stopped at %d of %d nodes: %v", registered.Load(), nodes, err)
 	}
+	if registered.Load() == 0 {
+		b.Fatal("no node registered")
+	}
+	requested := nodes
+	nodes = int(registered.Load())
 	regTime := time.Since(start)
-	b.Logf("%d nodes registered in %s (%.0f nodes/s, 32 at a time)", nodes, regTime.Round(time.Millisecond), float64(nodes)/regTime.Seconds())
+	b.Logf("%d nodes registered in %s (%.0f nodes/s, 32 at a time, %d attempts retried)", nodes, regTime.Round(time.Millisecond), float64(nodes)/regTime.Seconds(), regRetries.Load())
 	// The IPAM controller gives every node a pod CIDR; how long after the
 	// last registration (bounded: 2 minutes) is part of what a fleet costs.
 	cidrLag, missing, err := waitPodCIDRs(ctx, c, nodes, 2*time.Minute)
@@ -167,6 +186,10 @@ func BenchmarkHAFleet(b *testing.B) {
 
 	var rates, ratios, p50s, p99s, gaps []float64
 	var failed, notReady int
+	notReadyBefore, err := countNotReady(ctx, admin.CoreV1())
+	if err != nil {
+		b.Fatal(err)
+	}
 	var rssDuring int64
 	var loads, cpuCores, cpuPerK []float64
 	var goDuring map[string]float64
@@ -178,6 +201,10 @@ func BenchmarkHAFleet(b *testing.B) {
 		}
 		logs0 := c.hubLogLines()
 		st.begin()
+		var profiles sync.WaitGroup
+		if dir := os.Getenv("TETHER_FLEET_PPROF"); dir != "" {
+			c.saveCPUProfiles(b, &profiles, dir, min(window, 20*time.Second))
+		}
 		end := time.Now().Add(window)
 		for time.Now().Before(end) {
 			time.Sleep(min(5*time.Second, time.Until(end))) // sampling interval
@@ -192,6 +219,7 @@ func BenchmarkHAFleet(b *testing.B) {
 			c.saveHeapProfiles(b, dir, "during")
 		}
 		w := st.end()
+		profiles.Wait()
 		loads = append(loads, loadAvg())
 		cpu1, err := c.hubCPU()
 		if err != nil {
@@ -222,13 +250,17 @@ func BenchmarkHAFleet(b *testing.B) {
 	dbAfter := c.etcdInUse(b)
 	b.Logf("hub RSS (3 replicas) %.1f MiB before the fleet, %.1f MiB during; etcd in-use db %.1f → %.1f MiB; load average %.2f before, %.2f during",
 		float64(rssBefore)/1024, float64(rssDuring)/1024, float64(dbBefore)/(1<<20), float64(dbAfter)/(1<<20), load0, median(loads))
+	b.ReportMetric(float64(requested), "nodes_requested")
 	b.ReportMetric(float64(nodes), "nodes")
+	b.ReportMetric(float64(nodes)/regTime.Seconds(), "registrations/s")
+	b.ReportMetric(float64(regRetries.Load()), "registration_retries")
 	b.ReportMetric(median(rates), "lease_writes/s")
 	b.ReportMetric(median(ratios), "target_ratio")
 	b.ReportMetric(median(p50s), "p50_ms")
 	b.ReportMetric(median(p99s), "p99_ms")
 	b.ReportMetric(slices.Max(gaps), "max_gap_s")
 	b.ReportMetric(float64(failed), "failed_renewals")
+	b.ReportMetric(float64(notReadyBefore), "notready_before_window")
 	b.ReportMetric(float64(notReady), "notready_nodes")
 	b.ReportMetric(float64(rssBefore)/1024, "hub_rss_MiB_before")
 	b.ReportMetric(float64(rssDuring)/1024, "hub_rss_MiB_during")
@@ -247,8 +279,11 @@ func BenchmarkHAFleet(b *testing.B) {
 	if len(cpuPerK) > 0 {
 		b.ReportMetric(median(cpuPerK), "hub_cpu_s/1000renewals")
 	}
-	if notReady > 0 {
-		b.Errorf("%d nodes were marked not Ready while renewing", notReady)
+	// Nodes may go not Ready when the hubs cannot keep up (that is a
+	// capacity result, reported above); while every renewal succeeded in
+	// time none may.
+	if notReady > notReadyBefore && slices.Min(ratios) >= 0.99 && failed == 0 && slices.Max(gaps) < 40 {
+		b.Errorf("%d nodes were marked not Ready although every renewal succeeded within the lease", notReady-notReadyBefore)
 	}
 }
 
@@ -606,6 +641,39 @@ func (c *haCluster) saveHeapProfiles(t testing.TB, dir, tag string) {
 		if err := os.WriteFile(fmt.Sprintf("%s/hub-%d-%s.heap", dir, i+1, tag), body, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// saveCPUProfiles starts fetching a CPU profile of d from every replica
+// into dir; wg is done when they are written (errors are logged).
+func (c *haCluster) saveCPUProfiles(t testing.TB, wg *sync.WaitGroup, dir string, d time.Duration) {
+	for i, h := range c.hubs {
+		cfg := c.config(h.url(c.port))
+		cfg.Timeout = d + time.Minute
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), d+time.Minute)
+			defer cancel()
+			body, err := cs.Discovery().RESTClient().Get().AbsPath("/debug/pprof/profile").Param("seconds", strconv.Itoa(int(d.Seconds()))).
+				Timeout(d + time.Minute).DoRaw(ctx)
+			if err == nil {
+				err = os.WriteFile(fmt.Sprintf("%s/hub-%d.cpu", dir, i+1), body, 0o644)
+			}
+			if err == nil {
+				body, err = cs.Discovery().RESTClient().Get().AbsPath("/debug/pprof/goroutine").Param("debug", "1").DoRaw(ctx)
+			}
+			if err == nil {
+				err = os.WriteFile(fmt.Sprintf("%s/hub-%d.goroutines", dir, i+1), body, 0o644)
+			}
+			if err != nil {
+				t.Logf("hub %d CPU profile: %v", i+1, err)
+			}
+		}()
 	}
 }
 
