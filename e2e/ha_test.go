@@ -177,9 +177,16 @@ func (c *haCluster) startAgent(a *agent, servers string) error {
 	if err != nil {
 		return err
 	}
+	netFlags := a.NetFlags
+	if netFlags == nil {
+		// Host-network pods and the userspace proxy, as in the other node
+		// tests: root-namespace agents would otherwise build netns pod
+		// networks from the default cluster CIDR, which concurrent runs share.
+		netFlags = []string{"--pod-network=host", "--service-proxy=userspace"}
+	}
 	args := append([]string{"agent", "--server", servers, "--token", c.token, "--ca-cert", c.shared.CACertFile,
 		"--node-name", a.Name, "--data-dir", a.Dir, "--node-ip", a.IP, "--kubelet-address", a.IP,
-		"--kubelet-port", strconv.Itoa(a.KubeletPort), "--stop-pods-on-exit"}, a.NetFlags...)
+		"--kubelet-port", strconv.Itoa(a.KubeletPort), "--stop-pods-on-exit"}, netFlags...)
 	cmd := exec.Command(tetherBin, args...)
 	if len(a.Wrap) > 0 { // e.g. ip netns exec NS (it execs, so the pid stays the agent's)
 		cmd = exec.Command(a.Wrap[0], append(append(slices.Clone(a.Wrap[1:]), tetherBin), args...)...)
