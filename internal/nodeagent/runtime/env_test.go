@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
 )
 
 func TestExpand(t *testing.T) {
@@ -563,5 +564,87 @@ func TestAttachStdin(t *testing.T) {
 		a.cancel()
 		a.wait(t, 10*time.Second)
 		running("nostdin")
+	})
+}
+
+// A tty: true container runs on a terminal: attach input reaches it (and
+// is echoed by the terminal), output without a newline arrives at once,
+// resize events set its size, and with stdinOnce the end of the first
+// attach is end-of-file.
+func TestAttachTTY(t *testing.T) {
+	h := startWith(t, Config{})
+	defer h.stop()
+	c := corev1.Container{Name: "c", Stdin: true, StdinOnce: true, TTY: true, Command: []string{"/bin/sh", "-c",
+		`[ -t 0 ] && [ -t 1 ] && echo TERMINAL; printf 'prompt> '; while read x; do echo "got:$x size:$(stty size)"; printf 'prompt> '; done; echo BYE`}}
+	h.rt.SyncPod(pod("tty", corev1.RestartPolicyNever, c))
+	waitFor(t, 20*time.Second, func() error {
+		var logs strings.Builder
+		if err := h.rt.Logs(context.Background(), "ns", "p-tty", "c", LogOptions{}, &logs); err != nil {
+			return err
+		}
+		if !strings.Contains(logs.String(), "TERMINAL") || !strings.Contains(logs.String(), "prompt> ") {
+			return fmt.Errorf("logs %q", logs.String())
+		}
+		return nil
+	})
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	resize := make(chan remotecommand.TerminalSize, 1)
+	done := make(chan error, 1)
+	go func() {
+		err := h.rt.AttachContainer(context.Background(), "ns/p-tty", "", "c", inR, outW, nil, true, resize)
+		_ = outW.Close()
+		done <- err
+	}()
+	out := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := outR.Read(buf)
+			if n > 0 {
+				out <- string(buf[:n])
+			}
+			if err != nil {
+				close(out)
+				return
+			}
+		}
+	}()
+	attached(t, h, "ns/p-tty", 1)
+	resize <- remotecommand.TerminalSize{Width: 100, Height: 40}
+	var seen strings.Builder
+	// The size applies asynchronously: ask until the answer shows it.
+	deadline := time.After(20 * time.Second)
+	for i := 0; !strings.Contains(seen.String(), "size:40 100\r\nprompt> "); i++ {
+		if _, err := fmt.Fprintf(inW, "line%d\n", i); err != nil {
+			t.Fatal(err)
+		}
+		// The echo, the answer and the next prompt (no newline after it).
+		want := fmt.Sprintf("line%d\r\ngot:line%d size:", i, i)
+		for !strings.Contains(seen.String(), want) || !strings.HasSuffix(seen.String(), "prompt> ") {
+			select {
+			case s := <-out:
+				seen.WriteString(s)
+			case <-deadline:
+				t.Fatalf("no answer to line%d: %q", i, seen.String())
+			}
+		}
+	}
+	_ = inW.Close() // stdinOnce: end of file; the loop ends
+	for s := range out {
+		seen.WriteString(s)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(seen.String(), "BYE") {
+		t.Fatalf("no end-of-file after the attach: %q", seen.String())
+	}
+	waitFor(t, 10*time.Second, func() error {
+		cs := h.status("tty").ContainerStatuses
+		if len(cs) != 1 || cs[0].State.Terminated == nil || cs[0].State.Terminated.ExitCode != 0 {
+			return fmt.Errorf("%+v", cs)
+		}
+		return nil
 	})
 }

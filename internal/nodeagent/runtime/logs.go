@@ -161,6 +161,33 @@ func pump(r io.Reader, stream string, sink func() *logSink, n *pumpCount) {
 	}
 }
 
+// pumpChunks is pump for a terminal: output is delivered as it is read,
+// a trailing part without newline as a partial (P) line, so prompts reach
+// attached clients at once. It ends when the terminal is hung up (EIO).
+func pumpChunks(r io.Reader, stream string, sink func() *logSink, n *pumpCount) {
+	buf := make([]byte, 32<<10)
+	for {
+		k, err := r.Read(buf)
+		n.read.Add(int64(k))
+		for chunk := buf[:k]; len(chunk) > 0; {
+			line, partial := chunk, true
+			if i := bytes.IndexByte(chunk, '\n'); i >= 0 {
+				line, partial = chunk[:i], false
+				chunk = chunk[i+1:]
+			} else {
+				chunk = nil
+			}
+			if s := sink(); s != nil {
+				s.write(stream, line, partial)
+			}
+		}
+		n.written.Add(int64(k))
+		if err != nil {
+			return
+		}
+	}
+}
+
 // pumpCount counts the bytes a pump took from its FIFO and the bytes it
 // has handed to the sink, so that an attach can wait until a container's
 // last output has been delivered (see container.drainOutput).

@@ -239,8 +239,9 @@ func openPTY() (*os.File, *os.File, error) {
 // process exits (after its last output has been delivered), when ctx ends,
 // or when the client is gone (a failed write or stdin read).
 //
-// Process containers have no terminal: tty attaches get the same plain
-// streams (stdout and stderr merged when the client asked for a tty).
+// A container with tty: true has a terminal: input goes to it, its output
+// (stdout and stderr together) arrives as written, and resize events set
+// its size.
 func (r *Runtime) AttachContainer(ctx context.Context, podName, uid, cname string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommand.TerminalSize) error {
 	ns, name, err := splitName(podName)
 	if err != nil {
@@ -272,14 +273,24 @@ func (r *Runtime) AttachContainer(ctx context.Context, podName, uid, cname strin
 	}
 	unsubscribe := sink.subscribe(sub)
 	defer unsubscribe()
+	c.w.mu.Lock()
+	ptmx := c.ptmx
+	c.w.mu.Unlock()
 	if resize != nil {
 		go func() {
-			for range resize { // no terminal to resize
+			for size := range resize {
+				if ptmx != nil {
+					_ = setWinsize(ptmx, size)
+				}
 			}
 		}()
 	}
 	gone := make(chan struct{})
-	if in != nil {
+	switch {
+	case in == nil:
+	case c.spec.TTY:
+		c.attachTerminal(in, gone)
+	default:
 		stdin, _ := c.stdinWriter(false)
 		if !c.spec.Stdin || stdin == nil {
 			// The container has no stdin (or a stdinOnce stdin already
@@ -305,9 +316,59 @@ func (r *Runtime) AttachContainer(ctx context.Context, podName, uid, cname strin
 	case <-sub.failed:
 	case <-gone:
 	case <-p.done:
-		c.drainOutput(ctx)
+		if ptmx != nil {
+			drain(ctx, ptmx, &c.ttyPump)
+		} else {
+			for i := range c.fifos {
+				drain(ctx, c.fifos[i], &c.pumps[i])
+			}
+		}
 	}
 	return nil
+}
+
+// attachTerminal copies in to the terminal of a tty: true container with
+// stdin: true. With stdinOnce, the end of the first attach that carried
+// input sends end-of-file (^D, as the terminal's line discipline reads it)
+// and later input is dropped.
+func (c *container) attachTerminal(in io.Reader, gone chan struct{}) {
+	c.w.mu.Lock()
+	ptmx, closed := c.ptmx, c.ttyClosed
+	c.w.mu.Unlock()
+	if !c.spec.Stdin || ptmx == nil || closed {
+		go func() { _, _ = io.Copy(io.Discard, in) }()
+		return
+	}
+	go func() {
+		_, err := io.Copy(ptmx, in)
+		if c.spec.StdinOnce {
+			c.w.mu.Lock()
+			first := !c.ttyClosed && c.ptmx == ptmx
+			c.ttyClosed = true
+			c.w.mu.Unlock()
+			if first {
+				_, _ = ptmx.Write([]byte{4})
+			}
+		}
+		if err != nil && !errors.Is(err, os.ErrClosed) {
+			close(gone)
+		}
+	}()
+}
+
+// setWinsize sets the terminal size of the pty master f.
+func setWinsize(f *os.File, size remotecommand.TerminalSize) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: size.Height, Col: size.Width})
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 // fifoQueued is the number of bytes waiting in f (FIONREAD), without
@@ -325,19 +386,16 @@ func fifoQueued(f *os.File) (int, error) {
 	return n, ierr
 }
 
-// drainOutput waits (bounded) until the container's output written before
-// its exit has been read from its FIFOs and handed to the sink.
-func (c *container) drainOutput(ctx context.Context) {
+// drain waits (bounded) until the output a container wrote to f before it
+// exited has been read and handed to the sink by f's pump.
+func drain(ctx context.Context, f *os.File, n *pumpCount) {
 	deadline := time.Now().Add(2 * time.Second)
-	for i := range c.fifos {
-		f, n := c.fifos[i], &c.pumps[i]
-		for time.Now().Before(deadline) && ctx.Err() == nil {
-			queued, err := fifoQueued(f)
-			if err != nil || (queued == 0 && n.read.Load() == n.written.Load()) {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		queued, err := fifoQueued(f)
+		if err != nil || (queued == 0 && n.read.Load() == n.written.Load()) {
+			return
 		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -76,6 +76,11 @@ type container struct {
 	// stdinW is the agent's end of stdin.fifo for containers with
 	// stdin: true (guarded by w.mu); nil after a stdinOnce attach closed it.
 	stdinW *os.File
+	// ptmx is the terminal master of a tty: true container's current
+	// process (guarded by w.mu); ttyClosed after a stdinOnce attach.
+	ptmx      *os.File
+	ttyClosed bool
+	ttyPump   pumpCount
 }
 
 // containerState is persisted so a restarted agent can adopt processes.
@@ -359,7 +364,7 @@ func (c *container) openFIFOs() error {
 		c.fifos = append(c.fifos, f)
 		go pump(f, stream, c.currentSink, &c.pumps[i])
 	}
-	if c.spec.Stdin {
+	if c.spec.Stdin && !c.spec.TTY {
 		f, err := openFIFO(c.stdinPath())
 		if err != nil {
 			return err
@@ -425,11 +430,14 @@ func (c *container) closeFIFOs() {
 	if c.sink != nil {
 		c.sink.close()
 	}
-	stdin := c.stdinW
-	c.stdinW = nil
+	stdin, ptmx := c.stdinW, c.ptmx
+	c.stdinW, c.ptmx = nil, nil
 	c.w.mu.Unlock()
 	if stdin != nil {
 		_ = stdin.Close()
+	}
+	if ptmx != nil {
+		_ = ptmx.Close()
 	}
 }
 
@@ -597,8 +605,22 @@ func (c *container) start(ctx context.Context) (*procEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	files, closeFiles, err := c.stdio()
-	if err != nil {
+	var files []*os.File
+	var closeFiles func()
+	var ptmx *os.File
+	sys := &syscall.SysProcAttr{Setpgid: true}
+	if c.spec.TTY {
+		// A terminal: the process's stdin, stdout and stderr are the pty
+		// (its controlling terminal, in a session of its own); the agent
+		// keeps the master.
+		var tty *os.File
+		if ptmx, tty, err = openPTY(); err != nil {
+			sink.close()
+			return nil, err
+		}
+		files, closeFiles = []*os.File{tty, tty, tty}, func() { tty.Close() }
+		sys = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	} else if files, closeFiles, err = c.stdio(); err != nil {
 		sink.close()
 		return nil, err
 	}
@@ -615,11 +637,23 @@ func (c *container) start(ctx context.Context) (*procEntry, error) {
 		dir = "/"
 	}
 	proc, err := os.StartProcess(path, argv, &os.ProcAttr{
-		Dir: dir, Env: envList(env), Files: files,
-		Sys: &syscall.SysProcAttr{Setpgid: true},
+		Dir: dir, Env: envList(env), Files: files, Sys: sys,
 	})
 	if err != nil {
+		if ptmx != nil {
+			ptmx.Close()
+		}
 		return nil, fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	if ptmx != nil {
+		w.mu.Lock()
+		old := c.ptmx
+		c.ptmx, c.ttyClosed = ptmx, false
+		w.mu.Unlock()
+		if old != nil {
+			old.Close()
+		}
+		go pumpChunks(ptmx, "stdout", c.currentSink, &c.ttyPump)
 	}
 	pid := proc.Pid
 	_ = proc.Release()
