@@ -5,11 +5,17 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -215,6 +221,27 @@ spec:
 				t.Fatalf("cat with stdin did not keep running across attaches: %v %+v", err, p.Status)
 			}
 
+			// tty: true: kubectl attach -it on a terminal reaches the
+			// container's own terminal (echo, size, stdinOnce end).
+			term := "tty-" + tag
+			k.okIn(t, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s}
+spec:
+  nodeName: %s
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: process
+    stdin: true
+    stdinOnce: true
+    tty: true
+    command: ["sh", "-c", "read x; echo \"got:$x size:$(stty size)\""]
+`, term, node.Name), "apply", "-n", ns, "-f", "-")
+			waitRunning(t, ctx, cs, ns, term)
+			attachTTY(t, k, ns, term)
+			waitPhase(t, ctx, cs, ns, term, corev1.PodSucceeded)
+
 			// kubectl run -i --rm: kubectl creates the pod (stdin,
 			// stdinOnce), the scheduler places it, kubectl attaches, sends
 			// its input and deletes the pod.
@@ -238,6 +265,110 @@ func podEvents(t *testing.T, k *kubectl, ns, name string) string {
 	t.Helper()
 	return k.ok(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name="+name,
 		"-o", `jsonpath={range .items[*]}{.type} {.reason} {.message}{"\n"}{end}`)
+}
+
+// attachTTY runs `kubectl attach -it` on a terminal of its own (a pty the
+// test holds, 33x101) to pod, whose shell prints "got:<line> size:<rows
+// cols>" for the line it reads; the line is typed as on a keyboard.
+func attachTTY(t *testing.T, k *kubectl, ns, pod string) {
+	t.Helper()
+	ptmx, tty, err := openTestPTY(33, 101)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), kubectlCommandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, k.path, "attach", "-it", pod, "-n", ns, "-c", "c")
+	cmd.Env = append(k.env, "TERM=dumb")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		tty.Close()
+		t.Fatal(err)
+	}
+	tty.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	var mu sync.Mutex
+	var seen strings.Builder
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(buf)
+			mu.Lock()
+			seen.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	output := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return seen.String()
+	}
+	// kubectl is attached once it printed its hint; then type a line
+	// (Enter is a carriage return in raw mode) until the answer shows.
+	waitFor(t, 30*time.Second, "kubectl attach -it attached", func() error {
+		if !strings.Contains(output(), "If you don't see a command prompt") {
+			return fmt.Errorf("output so far %q", output())
+		}
+		return nil
+	})
+	if _, err := ptmx.Write([]byte("typed\r")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("kubectl attach -it: %v\n%q", err, output())
+		}
+	case <-ctx.Done():
+		t.Fatalf("kubectl attach -it did not end: %q", output())
+	}
+	waitFor(t, 5*time.Second, "terminal answer", func() error {
+		if out := output(); !strings.Contains(out, "typed\r\n") || !strings.Contains(out, "got:typed size:33 101") {
+			return fmt.Errorf("terminal output (echo, answer with the size) %q", out)
+		}
+		return nil
+	})
+}
+
+// openTestPTY opens a pseudo-terminal of rows x cols for a child process.
+func openTestPTY(rows, cols uint16) (*os.File, *os.File, error) {
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	fail := func(err error) (*os.File, *os.File, error) { ptmx.Close(); return nil, nil, err }
+	rc, err := ptmx.SyscallConn()
+	if err != nil {
+		return fail(err)
+	}
+	var n int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		if ierr = unix.IoctlSetPointerInt(int(fd), unix.TIOCSPTLCK, 0); ierr != nil {
+			return
+		}
+		if n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCGPTN); ierr != nil {
+			return
+		}
+		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols})
+	}); err != nil {
+		return fail(err)
+	}
+	if ierr != nil {
+		return fail(ierr)
+	}
+	tty, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return fail(err)
+	}
+	return ptmx, tty, nil
 }
 
 func catPod(name, node string, once bool) string {
