@@ -137,6 +137,7 @@ type khaCluster struct {
 	front    []string // each server's frontend address
 	lbAddr   string
 	tls      *tls.Config // frontend client (the hub's) certificate
+	mode     string      // the servers' and the frontend's: http-connect or grpc
 }
 
 func (c *khaCluster) ip(last int) string { return c.prefix + "." + strconv.Itoa(last) }
@@ -221,9 +222,9 @@ func khaIssue(tb testing.TB, p *konnectivitytest.PKI, dir, name, cn string, ips 
 
 // startKHA starts the backends, the servers, the agents and the load balancer,
 // and waits until every agent is connected to every server.
-func startKHA(tb testing.TB) *khaCluster {
+func startKHA(tb testing.TB, mode string) *khaCluster {
 	tb.Helper()
-	c := &khaCluster{dir: tb.TempDir(), prefix: khaPrefix(tb)}
+	c := &khaCluster{dir: tb.TempDir(), prefix: khaPrefix(tb), mode: mode}
 	pki, err := konnectivitytest.NewPKI()
 	if err != nil {
 		tb.Fatal(err)
@@ -288,7 +289,7 @@ func startKHA(tb testing.TB) *khaCluster {
 		c.front = append(c.front, net.JoinHostPort(ip, strconv.Itoa(khaFrontPort)))
 		p := &khaProc{name: "server" + strconv.Itoa(i), dir: c.dir, args: []string{"konnectivity-server",
 			"--server-id", "kha-server-" + strconv.Itoa(i), "--server-count", strconv.Itoa(khaServers),
-			"--mode", "http-connect", "--proxy-strategies", "destHost",
+			"--mode", mode, "--proxy-strategies", "destHost",
 			"--server-bind-address", ip, "--server-port", strconv.Itoa(khaFrontPort),
 			"--server-cert", scert, "--server-key", skey, "--server-ca-cert", caPath,
 			"--agent-bind-address", ip, "--agent-port", strconv.Itoa(khaAgentPort),
@@ -342,7 +343,7 @@ func startKHA(tb testing.TB) *khaCluster {
 // client's default (3 on TCP).
 func (c *khaCluster) dialer(tb testing.TB, addr string, attempts int) *client.Dialer {
 	tb.Helper()
-	d, err := client.New(client.Config{Mode: client.ModeHTTPConnect, Address: addr, TLS: c.tls, DialTimeout: khaDialTimeout,
+	d, err := client.New(client.Config{Mode: c.mode, Address: addr, TLS: c.tls, DialTimeout: khaDialTimeout,
 		DialAttempts: attempts})
 	if err != nil {
 		tb.Fatal(err)
@@ -629,7 +630,13 @@ func (c *khaCluster) waitServerUsed(tb testing.TB, i int, since time.Time, bound
 // through the load-balanced address; then the killed server is restarted and
 // must be used again.
 func TestKonnectivityServerKilledUnderLoad(t *testing.T) {
-	c := startKHA(t)
+	for _, mode := range []string{client.ModeHTTPConnect, client.ModeGRPC} {
+		t.Run(mode, func(t *testing.T) { khaKillUnderLoad(t, mode) })
+	}
+}
+
+func khaKillUnderLoad(t *testing.T, mode string) {
+	c := startKHA(t, mode)
 	stopTransfers := make(chan struct{})
 	var transfers []*khaTransfer
 	for i := range khaServers {
@@ -781,7 +788,13 @@ func TestKonnectivityServerKilledUnderLoad(t *testing.T) {
 //
 //	go test -run '^$' -bench KonnectivityFailover -benchtime 10x ./e2e/
 func BenchmarkKonnectivityFailover(b *testing.B) {
-	c := startKHA(b)
+	for _, mode := range []string{client.ModeHTTPConnect, client.ModeGRPC} {
+		b.Run(mode, func(b *testing.B) { benchKHAFailover(b, mode) })
+	}
+}
+
+func benchKHAFailover(b *testing.B, mode string) {
+	c := startKHA(b, mode)
 	load := c.startDialLoad(b, 3, 10*time.Millisecond, 0)
 	// Same run, same faults: a frontend that never retries (DialAttempts 1,
 	// like upstream's konnectivity-client) — the baseline.

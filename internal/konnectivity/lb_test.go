@@ -152,3 +152,46 @@ func TestHTTPConnectProxyGoneIsNotEOF(t *testing.T) {
 		}
 	}
 }
+
+// A gRPC frontend behind a load balancer: the path to its server is cut and
+// the very next dial must still work — a stream that fails Unavailable
+// before DIAL_RSP is retried once gRPC has reconnected (through the balancer,
+// possibly to the other server).
+func TestGRPCDialRightAfterServerLost(t *testing.T) {
+	pki, err := konnectivitytest.NewPKI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startOurServer(t, pki, serverOpts{mode: server.ModeGRPC, serverID: "a", serverCnt: 2})
+	b := startOurServer(t, pki, serverOpts{mode: server.ModeGRPC, serverID: "b", serverCnt: 2})
+	startOurAgent(t, a, agentOpts{id: "a1", servers: []string{a.agentAddr, b.agentAddr}})
+	be := konnectivitytest.NewBackend(t)
+	path := konnectivitytest.NewProxy(t, a.front)
+	lb := startLB(t, path.Addr(), b.front)
+	d, err := client.New(client.Config{Mode: client.ModeGRPC, Address: lb, TLS: pki.ClientTLS(t, "frontend")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	echo := func(what string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := d.DialContext(ctx, "tcp", be.Addr())
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		defer c.Close()
+		if err := konnectivitytest.Command(c, konnectivitytest.CmdEcho, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := konnectivitytest.EchoRoundTrip(c, []byte("hello")); err != nil {
+			t.Fatalf("%s: echo: %v", what, err)
+		}
+	}
+	for i := range 10 {
+		echo("before the cut")
+		path.Kill()
+		echo("right after the cut " + string(rune('0'+i)))
+	}
+}

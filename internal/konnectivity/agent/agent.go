@@ -341,9 +341,10 @@ func (a *Agent) slot(ctx context.Context, addr string, grow chan<- struct{}) {
 const recentLoss = 30 * time.Second
 
 // backoff computes the waits between connection attempts of one slot:
-// exponential from base up to cap; after a connection that had worked for a
-// second or more dropped, the first retry comes after base/10 and, for
-// recentLoss, the waits stay at most base.
+// exponential from base up to cap; after a working connection dropped, the
+// first retry comes after base/10 (base if it lasted under a second: a
+// flapping server is not hammered) and, for recentLoss, the waits stay at
+// most base.
 type backoff struct {
 	base, cap time.Duration
 	delay     time.Duration
@@ -357,9 +358,9 @@ func (b *backoff) next(ok bool, lasted time.Duration, now time.Time) time.Durati
 		b.delay = b.base
 	}
 	if ok {
-		b.delay = b.base // a connection that broke at once (flapping) backs off normally
-		if lasted >= time.Second {
-			b.delay, b.lostAt = b.base/10, now
+		b.delay, b.lostAt = b.base/10, now
+		if lasted < time.Second {
+			b.delay = b.base
 		}
 	}
 	limit := b.cap

@@ -24,8 +24,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/proto/client"
 
 	"github.com/tether-dev/tether/internal/konnectivity/wire"
@@ -50,12 +52,14 @@ type Config struct {
 	InsecureTCP bool
 	// DialTimeout bounds a dial when the context has no deadline; 0 means 30s.
 	DialTimeout time.Duration
-	// DialAttempts bounds the proxy connections one HTTP CONNECT dial may
-	// use. A dial is tried again only when it failed before any byte of the
-	// caller's could have reached the endpoint: the proxy address refused or
+	// DialAttempts bounds the attempts one dial may make. A dial is tried
+	// again only when it failed before any byte of the caller's could have
+	// reached the endpoint: HTTP CONNECT — the proxy address refused or
 	// dropped the connection before answering (e.g. a killed server), or the
 	// proxy answered 503 (no agent for the destination yet — a restarted
-	// server whose agents have not reconnected — or its limits). Behind a
+	// server whose agents have not reconnected — or its limits); gRPC — the
+	// stream failed Unavailable before DIAL_RSP (the server connection died;
+	// gRPC reconnects). Behind a
 	// load balancer the next attempt reaches another server. The second
 	// attempt follows at once, later ones after 10 ms, 20 ms, 40 ms … (±50 %
 	// jitter, so concurrent dials do not follow each other round a
@@ -221,16 +225,13 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		ctx, cancel = context.WithTimeout(ctx, d.cfg.DialTimeout)
 		defer cancel()
 	}
-	if d.cfg.Mode == ModeHTTPConnect {
-		return d.dialHTTPConnect(ctx, addr)
+	once := d.connectOnce
+	if d.cfg.Mode == ModeGRPC {
+		once = d.dialGRPC
 	}
-	return d.dialGRPC(ctx, addr)
-}
-
-func (d *Dialer) dialHTTPConnect(ctx context.Context, addr string) (net.Conn, error) {
 	var errs []error
 	for attempt := 1; ; attempt++ {
-		c, retry, err := d.connectOnce(ctx, addr)
+		c, retry, err := once(ctx, addr)
 		if err == nil {
 			return c, nil
 		}
@@ -315,16 +316,20 @@ type bufConn struct {
 
 func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
-func (d *Dialer) dialGRPC(ctx context.Context, addr string) (net.Conn, error) {
+// dialGRPC makes one dial on a Proxy stream; retry reports whether the
+// stream failed before the server answered because the connection to the
+// server was unavailable (the server died; gRPC reconnects, behind a load
+// balancer to another server).
+func (d *Dialer) dialGRPC(ctx context.Context, addr string) (_ net.Conn, retry bool, _ error) {
 	cc, err := d.grpcConn()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	stream, err := client.NewProxyServiceClient(cc).Proxy(sctx)
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("konnectivity client: open stream: %w", err)
+		return nil, status.Code(err) == codes.Unavailable, fmt.Errorf("konnectivity client: open stream: %w", err)
 	}
 	var rb [8]byte
 	_, _ = rand.Read(rb[:])
@@ -333,7 +338,7 @@ func (d *Dialer) dialGRPC(ctx context.Context, addr string) (net.Conn, error) {
 		DialRequest: &client.DialRequest{Protocol: "tcp", Address: addr, Random: random}}})
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("konnectivity client: send dial: %w", err)
+		return nil, true, fmt.Errorf("konnectivity client: send dial: %w", err)
 	}
 	type result struct {
 		pkt *client.Packet
@@ -357,21 +362,21 @@ func (d *Dialer) dialGRPC(ctx context.Context, addr string) (net.Conn, error) {
 		_ = stream.Send(&client.Packet{Type: client.PacketType_DIAL_CLS, Payload: &client.Packet_CloseDial{
 			CloseDial: &client.CloseDial{Random: random}}})
 		cancel()
-		return nil, fmt.Errorf("konnectivity client: dial %s: %w", addr, ctx.Err())
+		return nil, false, fmt.Errorf("konnectivity client: dial %s: %w", addr, ctx.Err())
 	case r := <-resCh:
 		if r.err != nil {
 			cancel()
-			return nil, fmt.Errorf("konnectivity client: dial %s: %w", addr, r.err)
+			return nil, status.Code(r.err) == codes.Unavailable, fmt.Errorf("konnectivity client: dial %s: %w", addr, r.err)
 		}
 		rsp := r.pkt.GetDialResponse()
 		if rsp.Error != "" {
 			cancel()
-			return nil, fmt.Errorf("konnectivity client: dial %s: %s", addr, rsp.Error)
+			return nil, false, fmt.Errorf("konnectivity client: dial %s: %s", addr, rsp.Error)
 		}
 		c := &grpcConn{stream: stream, cancel: cancel, connID: rsp.ConnectID, remote: tcpAddr(addr),
 			readCh: make(chan readResult, 1), readReq: make(chan struct{}, 1), done: make(chan struct{})}
 		go c.reader()
-		return c, nil
+		return c, false, nil
 	}
 }
 
