@@ -164,7 +164,8 @@ func pump(r io.Reader, stream string, sink func() *logSink, n *pumpCount) {
 // pumpChunks is pump for a terminal: output is delivered as it is read,
 // a trailing part without newline as a partial (P) line, so prompts reach
 // attached clients at once. It ends when the terminal is hung up (EIO).
-func pumpChunks(r io.Reader, stream string, sink func() *logSink, n *pumpCount) {
+func pumpChunks(r io.Reader, stream string, sink func() *logSink, n *pumpCount, done chan<- struct{}) {
+	defer close(done)
 	buf := make([]byte, 32<<10)
 	for {
 		k, err := r.Read(buf)

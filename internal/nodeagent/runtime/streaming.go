@@ -274,7 +274,7 @@ func (r *Runtime) AttachContainer(ctx context.Context, podName, uid, cname strin
 	unsubscribe := sink.subscribe(sub)
 	defer unsubscribe()
 	c.w.mu.Lock()
-	ptmx := c.ptmx
+	ptmx, ttyPumped := c.ptmx, c.ttyPumped
 	c.w.mu.Unlock()
 	if resize != nil {
 		go func() {
@@ -317,7 +317,15 @@ func (r *Runtime) AttachContainer(ctx context.Context, podName, uid, cname strin
 	case <-gone:
 	case <-p.done:
 		if ptmx != nil {
-			drain(ctx, ptmx, &c.ttyPump)
+			// A pty's output is in transit in the kernel for a while;
+			// the pump reads all of it before the hang-up (EIO).
+			t := time.NewTimer(2 * time.Second)
+			select {
+			case <-ttyPumped:
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
 		} else {
 			for i := range c.fifos {
 				drain(ctx, c.fifos[i], &c.pumps[i])

@@ -79,6 +79,7 @@ type container struct {
 	// ptmx is the terminal master of a tty: true container's current
 	// process (guarded by w.mu); ttyClosed after a stdinOnce attach.
 	ptmx      *os.File
+	ttyPumped chan struct{} // closed when ptmx's pump has read everything (EIO)
 	ttyClosed bool
 	ttyPump   pumpCount
 }
@@ -646,14 +647,15 @@ func (c *container) start(ctx context.Context) (*procEntry, error) {
 		return nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	if ptmx != nil {
+		pumped := make(chan struct{})
 		w.mu.Lock()
 		old := c.ptmx
-		c.ptmx, c.ttyClosed = ptmx, false
+		c.ptmx, c.ttyPumped, c.ttyClosed = ptmx, pumped, false
 		w.mu.Unlock()
 		if old != nil {
 			old.Close()
 		}
-		go pumpChunks(ptmx, "stdout", c.currentSink, &c.ttyPump)
+		go pumpChunks(ptmx, "stdout", c.currentSink, &c.ttyPump, pumped)
 	}
 	pid := proc.Pid
 	_ = proc.Release()
