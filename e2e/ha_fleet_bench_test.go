@@ -72,7 +72,10 @@ func BenchmarkHAFleet(b *testing.B) {
 	// The default /16 pod range has 256 node /24s; a 5000-node cluster is
 	// configured with a bigger one. No pod runs here: nothing is routed to it.
 	c := startHACluster(b, 0, "--cluster-cidr", "100.64.0.0/10")
-	admin := c.client(b)
+	admin, err := c.listClient()
+	if err != nil {
+		b.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -127,7 +130,10 @@ func BenchmarkHAFleet(b *testing.B) {
 	var renewers sync.WaitGroup
 	defer func() { cancel(); renewers.Wait() }()
 	start = time.Now()
-	const regLimit = 15 * time.Minute
+	regLimit, err := envDuration("TETHER_FLEET_REGISTER", 15*time.Minute)
+	if err != nil || regLimit < time.Minute {
+		b.Fatalf("TETHER_FLEET_REGISTER: want at least 1m (%v)", err)
+	}
 	regDeadline := start.Add(regLimit)
 	var next, regRetries, registered atomic.Int64
 	var regErr atomic.Value
@@ -176,7 +182,7 @@ func BenchmarkHAFleet(b *testing.B) {
 	b.Logf("%d nodes registered in %s (%.0f nodes/s, 32 at a time, %d attempts retried)", nodes, regTime.Round(time.Millisecond), float64(nodes)/regTime.Seconds(), regRetries.Load())
 	// The IPAM controller gives every node a pod CIDR; how long after the
 	// last registration (bounded: 2 minutes) is part of what a fleet costs.
-	cidrLag, missing, err := waitPodCIDRs(ctx, c, nodes, 2*time.Minute)
+	cidrLag, missing, err := waitPodCIDRs(ctx, admin, nodes, 2*time.Minute)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -504,14 +510,7 @@ func (w fleetWindow) quantile(q float64) float64 {
 // waitPodCIDRs polls the Nodes (protobuf, from the watch cache) until
 // every one of the fleet has spec.podCIDR or limit passes; it returns the
 // time waited and how many still have none.
-func waitPodCIDRs(ctx context.Context, c *haCluster, nodes int, limit time.Duration) (time.Duration, int, error) {
-	cfg := c.config(c.lbURL)
-	cfg.ContentType, cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf", "application/vnd.kubernetes.protobuf"
-	cfg.Timeout = time.Minute
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return 0, 0, err
-	}
+func waitPodCIDRs(ctx context.Context, cs kubernetes.Interface, nodes int, limit time.Duration) (time.Duration, int, error) {
 	start := time.Now()
 	for {
 		list, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{ResourceVersion: "0"})
@@ -529,6 +528,16 @@ func waitPodCIDRs(ctx context.Context, c *haCluster, nodes int, limit time.Durat
 		}
 		time.Sleep(time.Second) // poll interval
 	}
+}
+
+// listClient is an admin client through the load balancer for lists of
+// the whole fleet: protobuf, and patient with saturated hubs.
+func (c *haCluster) listClient() (*kubernetes.Clientset, error) {
+	cfg := c.config(c.lbURL)
+	cfg.ContentType, cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf", "application/vnd.kubernetes.protobuf"
+	cfg.Timeout = 2 * time.Minute
+	cfg.QPS = -1
+	return kubernetes.NewForConfig(cfg)
 }
 
 // countNotReady counts the Nodes whose Ready condition is not True or
