@@ -220,17 +220,17 @@ func BenchmarkHAFleet(b *testing.B) {
 			}
 			rssDuring = max(rssDuring, rss)
 		}
-		goDuring = c.hubGoMetrics(b)
-		if dir := os.Getenv("TETHER_FLEET_PPROF"); dir != "" {
-			c.saveHeapProfiles(b, dir, "during")
-		}
-		w := st.end()
-		profiles.Wait()
-		loads = append(loads, loadAvg())
+		w := st.end() // before the /metrics fetches, which a saturated hub answers slowly
 		cpu1, err := c.hubCPU()
 		if err != nil {
 			b.Fatal(err)
 		}
+		goDuring = c.hubGoMetrics(b)
+		if dir := os.Getenv("TETHER_FLEET_PPROF"); dir != "" {
+			c.saveHeapProfiles(b, dir, "during")
+		}
+		profiles.Wait()
+		loads = append(loads, loadAvg())
 		cpuCores = append(cpuCores, (cpu1-cpu0)/window.Seconds())
 		if w.ok > 0 {
 			cpuPerK = append(cpuPerK, (cpu1-cpu0)/float64(w.ok)*1000)
