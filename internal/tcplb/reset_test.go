@@ -1,7 +1,6 @@
 package tcplb
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -36,23 +35,7 @@ func TestBackendResetReachesClient(t *testing.T) {
 			}()
 		}
 	}()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb, err := New(Config{Listener: ln, Backends: []string{be.Addr().String()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- lb.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	lb := runLB(t, be.Addr().String())
 	c, err := net.Dial("tcp", lb.Addr().String())
 	if err != nil {
 		t.Fatal(err)

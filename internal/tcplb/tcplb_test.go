@@ -56,23 +56,7 @@ func TestRoundRobinAndFailover(t *testing.T) {
 	}
 	deadAddr := dead.Addr().String()
 	dead.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb, err := New(Config{Listener: ln, Backends: []string{a.Addr().String(), deadAddr, b.Addr().String()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- lb.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	lb := runLB(t, a.Addr().String(), deadAddr, b.Addr().String())
 	seen := map[string]int{}
 	for range 6 {
 		seen[ask(t, lb.Addr().String())]++
@@ -98,6 +82,29 @@ func TestBadConfig(t *testing.T) {
 	if _, err := New(Config{Listener: ln, Backends: []string{"no-port"}}); err == nil {
 		t.Fatal("backend without port accepted")
 	}
+}
+
+// runLB runs a balancer over backends on a loopback port until the test ends.
+func runLB(t *testing.T, backends ...string) *LB {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := New(Config{Listener: ln, Backends: backends})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- lb.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return lb
 }
 
 // hold answers its name on every connection and keeps it open until the
@@ -128,23 +135,7 @@ func hold(t *testing.T, name string) net.Listener {
 func TestActive(t *testing.T) {
 	a, b := hold(t, "a"), hold(t, "b")
 	addr := map[string]string{"a": a.Addr().String(), "b": b.Addr().String()}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb, err := New(Config{Listener: ln, Backends: []string{addr["a"], addr["b"]}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- lb.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	lb := runLB(t, addr["a"], addr["b"])
 	if got := lb.Active(); len(got) != 0 {
 		t.Fatalf("active before any client: %v", got)
 	}
