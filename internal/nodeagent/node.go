@@ -160,9 +160,6 @@ func (n *nodeStatus) fillStatus(st *corev1.NodeStatus) {
 	}
 }
 
-// setCondition updates c in place, keeping the transition time when the
-// status did not change; the heartbeat time moves only with the status
-// interval (the Lease is the heartbeat).
 // nodeCapacity is the node's capacity (and allocatable): CPUs, memory from
 // /proc, 110 pods, the data directory's file system.
 func nodeCapacity(dataDir string) corev1.ResourceList {
@@ -173,6 +170,9 @@ func nodeCapacity(dataDir string) corev1.ResourceList {
 	return corev1.ResourceList{corev1.ResourceCPU: *cpu, corev1.ResourceMemory: *mem, corev1.ResourcePods: *pods, corev1.ResourceEphemeralStorage: *eph}
 }
 
+// setCondition updates c in place, keeping the transition time when the
+// status did not change; the heartbeat time moves only with the status
+// interval (the Lease is the heartbeat).
 func setCondition(st *corev1.NodeStatus, c corev1.NodeCondition, now metav1.Time) {
 	for i := range st.Conditions {
 		old := &st.Conditions[i]
