@@ -19,7 +19,6 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/tether-dev/tether/internal/pki"
 )
@@ -48,8 +47,7 @@ type CSRConfig struct {
 // matches the Node object (Kubernetes never auto-approves these), and signs
 // approved requests for the kubernetes.io signers.
 type CSR struct {
-	cfg   CSRConfig
-	queue workqueue.TypedRateLimitingInterface[string]
+	cfg CSRConfig
 }
 
 // NewCSR validates cfg.
@@ -63,17 +61,20 @@ func NewCSR(cfg CSRConfig) (*CSR, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &CSR{cfg: cfg, queue: newQueue("csr", 200*time.Millisecond, 30*time.Second)}, nil
+	return &CSR{cfg: cfg}, nil
 }
 
 // Run handles CSRs until ctx ends.
 func (c *CSR) Run(ctx context.Context) error {
-	defer c.queue.ShutDown()
+	// A queue per run: a replica that loses and regains the lease runs
+	// again, and a shut-down queue would hand it no work.
+	queue := newQueue("csr", 200*time.Millisecond, 30*time.Second)
+	defer queue.ShutDown()
 	factory := informers.NewSharedInformerFactory(c.cfg.Client, 10*time.Minute)
 	inf := factory.Certificates().V1().CertificateSigningRequests().Informer()
 	enqueue := func(obj any) {
 		if csr, ok := obj.(*certificatesv1.CertificateSigningRequest); ok {
-			c.queue.Add(csr.Name)
+			queue.Add(csr.Name)
 		}
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }}); err != nil {
@@ -84,7 +85,7 @@ func (c *CSR) Run(ctx context.Context) error {
 	if _, err := nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: func(_, _ any) {
 		for _, obj := range inf.GetStore().List() {
 			if csr := obj.(*certificatesv1.CertificateSigningRequest); csr.Spec.SignerName == SignerKubeletServing && pending(csr) {
-				c.queue.Add(csr.Name)
+				queue.Add(csr.Name)
 			}
 		}
 	}}); err != nil {
@@ -97,7 +98,7 @@ func (c *CSR) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced, nodes.HasSynced) {
 		return nil
 	}
-	process(ctx, c.queue, c.cfg.Logger, "csr", func(ctx context.Context, name string) (time.Duration, error) {
+	process(ctx, queue, c.cfg.Logger, "csr", func(ctx context.Context, name string) (time.Duration, error) {
 		csr, err := lister.Get(name)
 		if apierrors.IsNotFound(err) {
 			return 0, nil

@@ -15,7 +15,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 )
 
 // NamespaceConfig configures the namespace life-cycle controller.
@@ -30,8 +29,7 @@ type NamespaceConfig struct {
 // Namespace empties namespaces that are being deleted, then removes the
 // `kubernetes` finalizer so that the namespace itself goes.
 type Namespace struct {
-	cfg   NamespaceConfig
-	queue workqueue.TypedRateLimitingInterface[string]
+	cfg NamespaceConfig
 }
 
 // NewNamespace validates cfg.
@@ -45,17 +43,20 @@ func NewNamespace(cfg NamespaceConfig) (*Namespace, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Namespace{cfg: cfg, queue: newQueue("namespace", 100*time.Millisecond, 10*time.Second)}, nil
+	return &Namespace{cfg: cfg}, nil
 }
 
 // Run processes terminating namespaces until ctx ends.
 func (c *Namespace) Run(ctx context.Context) error {
-	defer c.queue.ShutDown()
+	// A queue per run: a replica that loses and regains the lease runs
+	// again, and a shut-down queue would hand it no work.
+	queue := newQueue("namespace", 100*time.Millisecond, 10*time.Second)
+	defer queue.ShutDown()
 	factory := informers.NewSharedInformerFactory(c.cfg.Client, 5*time.Minute)
 	inf := factory.Core().V1().Namespaces().Informer()
 	enqueue := func(obj any) {
 		if ns, ok := obj.(*corev1.Namespace); ok && ns.DeletionTimestamp != nil {
-			c.queue.Add(ns.Name)
+			queue.Add(ns.Name)
 		}
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -73,7 +74,7 @@ func (c *Namespace) Run(ctx context.Context) error {
 	for i := 0; i < c.cfg.Workers; i++ {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			process(ctx, c.queue, c.cfg.Logger, "namespace deletion", func(ctx context.Context, name string) (time.Duration, error) {
+			process(ctx, queue, c.cfg.Logger, "namespace deletion", func(ctx context.Context, name string) (time.Duration, error) {
 				remaining, err := c.sync(ctx, name)
 				if remaining {
 					return time.Second, err

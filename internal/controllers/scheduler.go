@@ -15,7 +15,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 )
 
@@ -31,8 +30,7 @@ type SchedulerConfig struct {
 // schedulable node that matches its nodeSelector and whose NoSchedule taints
 // it tolerates, preferring the node with the fewest pods.
 type Scheduler struct {
-	cfg   SchedulerConfig
-	queue workqueue.TypedRateLimitingInterface[string]
+	cfg SchedulerConfig
 }
 
 // NewScheduler validates cfg.
@@ -46,19 +44,22 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Scheduler{cfg: cfg, queue: newQueue("scheduler", 100*time.Millisecond, 5*time.Second)}, nil
+	return &Scheduler{cfg: cfg}, nil
 }
 
 // Run schedules until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
-	defer s.queue.ShutDown()
+	// A queue per run: a replica that loses and regains the lease runs
+	// again, and a shut-down queue would hand it no work.
+	queue := newQueue("scheduler", 100*time.Millisecond, 5*time.Second)
+	defer queue.ShutDown()
 	factory := informers.NewSharedInformerFactory(s.cfg.Client, 10*time.Minute)
 	pods := factory.Core().V1().Pods()
 	nodes := factory.Core().V1().Nodes()
 	enqueue := func(obj any) {
 		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName == "" && p.DeletionTimestamp == nil && p.Spec.SchedulerName == s.cfg.Name {
 			if key, err := cache.MetaNamespaceKeyFunc(p); err == nil {
-				s.queue.Add(key)
+				queue.Add(key)
 			}
 		}
 	}
@@ -98,7 +99,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), pods.Informer().HasSynced, nodes.Informer().HasSynced) {
 		return nil
 	}
-	process(ctx, s.queue, s.cfg.Logger, "scheduler", func(ctx context.Context, key string) (time.Duration, error) {
+	process(ctx, queue, s.cfg.Logger, "scheduler", func(ctx context.Context, key string) (time.Duration, error) {
 		retry, err := s.schedule(ctx, key, podLister, nodeLister, podIndex)
 		if retry {
 			return 30 * time.Second, err

@@ -13,7 +13,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 )
 
 // RootCAConfigMap is the ConfigMap every namespace gets with the cluster CA
@@ -32,8 +31,7 @@ type ServiceAccountsConfig struct {
 // ConfigMap in every active namespace (recreated if deleted, updated when
 // the CA bundle changes).
 type ServiceAccounts struct {
-	cfg   ServiceAccountsConfig
-	queue workqueue.TypedRateLimitingInterface[string]
+	cfg ServiceAccountsConfig
 }
 
 // NewServiceAccounts validates cfg.
@@ -44,12 +42,15 @@ func NewServiceAccounts(cfg ServiceAccountsConfig) (*ServiceAccounts, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &ServiceAccounts{cfg: cfg, queue: newQueue("serviceaccounts", 50*time.Millisecond, 30*time.Second)}, nil
+	return &ServiceAccounts{cfg: cfg}, nil
 }
 
 // Run reconciles until ctx ends.
 func (c *ServiceAccounts) Run(ctx context.Context) error {
-	defer c.queue.ShutDown()
+	// A queue per run: a replica that loses and regains the lease runs
+	// again, and a shut-down queue would hand it no work.
+	queue := newQueue("serviceaccounts", 50*time.Millisecond, 30*time.Second)
+	defer queue.ShutDown()
 	factory := informers.NewSharedInformerFactory(c.cfg.Client, 10*time.Minute)
 	nsInf := factory.Core().V1().Namespaces().Informer()
 	saInf := factory.Core().V1().ServiceAccounts().Informer()
@@ -63,7 +64,7 @@ func (c *ServiceAccounts) Run(ctx context.Context) error {
 			if ns == "" {
 				ns = m.GetName()
 			}
-			c.queue.Add(ns)
+			queue.Add(ns)
 		}
 	}
 	handler := cache.ResourceEventHandlerFuncs{AddFunc: nsOf, UpdateFunc: func(_, o any) { nsOf(o) }, DeleteFunc: nsOf}
@@ -80,7 +81,7 @@ func (c *ServiceAccounts) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), nsInf.HasSynced, saInf.HasSynced, cmInf.HasSynced) {
 		return nil
 	}
-	process(ctx, c.queue, c.cfg.Logger, "serviceaccounts", func(ctx context.Context, name string) (time.Duration, error) {
+	process(ctx, queue, c.cfg.Logger, "serviceaccounts", func(ctx context.Context, name string) (time.Duration, error) {
 		return 0, c.sync(ctx, name, nsLister, saLister, cmLister)
 	})
 	return nil
