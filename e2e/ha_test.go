@@ -578,6 +578,13 @@ func TestHAFaultInjection(t *testing.T) {
 	})
 
 	t.Run("controller leader down: CSRs signed within 15s", func(t *testing.T) {
+		t.Cleanup(func() {
+			if t.Failed() {
+				for i, h := range c.hubs {
+					t.Logf("hub %d log tail:\n%s", i+1, h.tail())
+				}
+			}
+		})
 		signedCSR(t, cs, "ha-before", 30*time.Second)
 		l := c.leader(t, cs)
 		killed := time.Now()
